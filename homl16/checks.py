@@ -1,0 +1,31 @@
+"""Input checks that turn shape mistakes into clear ``ValueError``s."""
+
+import torch
+
+
+def check_tensor(name, x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def check_rank(name, x, rank, layout):
+    """Raise unless ``x`` is a non-empty tensor with ``rank`` dimensions laid out as ``layout``."""
+    check_tensor(name, x)
+    if x.dim() != rank:
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+
+
+def check_images(name, x, channels, height=None, width=None):
+    """Raise unless ``x`` is an image batch (B, channels, height, width)."""
+    check_rank(name, x, 4, "(batch, channels, height, width)")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if height is not None and tuple(x.shape[2:]) != (height, width):
+        raise ValueError(f"{name} must be {height}x{width} images, got {x.shape[2]}x{x.shape[3]}")
+
+
+def check_divisible(name, size, divisor, divisor_name):
+    if size % divisor != 0:
+        raise ValueError(f"{name}={size} must be divisible by {divisor_name}={divisor}")

@@ -1,0 +1,86 @@
+"""Between arrays, PIL images, `datasets.Dataset`s and tensors."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from homl16.runtime import cache_dir
+
+
+def to_pil_rgb(image):
+    """Any image (PIL in any mode, or an (H, W) / (H, W, 3|4) array) -> PIL RGB.
+
+    Grey levels are repeated, alpha is dropped, 16-bit and bool arrays are rescaled to 8 bits.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I", "F"):
+            image = np.asarray(image)
+        else:
+            return image.convert("RGB")
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        high = 65535 if image.max() > 255 else 255
+        image = np.clip(image.astype(np.float64) / high * 255, 0, 255).round().astype(np.uint8)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"cannot read an image of shape {image.shape}")
+    return Image.fromarray(image[:, :, :3])
+
+
+def image_dataset(images, labels, label_names, **columns):
+    """A `datasets.Dataset` with the book's schema: image (PIL RGB), label (ClassLabel), plus ``columns``."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    if len(images) == 0:
+        raise ValueError("cannot make a dataset from no images")
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    data = {"image": [to_pil_rgb(image) for image in images], "label": [int(y) for y in labels]}
+    data.update(columns)
+    features = Dataset.from_dict({k: v[:1] for k, v in columns.items()}).features if columns else {}
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=list(label_names)),
+                         **features})
+    return Dataset.from_dict(data, features=features)
+
+
+def to_tensors(dataset, mode="RGB", image_column="image", label_column="label"):
+    """Dataset of same-size images -> (X float (N, C, H, W) in [0, 1], y long (N,)).
+
+    mode "RGB" gives C = 3, mode "L" (grey) gives C = 1.
+    """
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    arrays = [np.asarray(image.convert(mode)) for image in dataset[image_column]]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"images have different sizes {sorted(sizes)[:3]}...; resize them first")
+    X = torch.from_numpy(np.stack(arrays)).float() / 255
+    X = X.unsqueeze(1) if mode == "L" else X.permute(0, 3, 1, 2)
+    return X.contiguous(), torch.tensor(dataset[label_column], dtype=torch.long)
+
+
+def cached_dataset(name, build):
+    """``build()`` once, then reload it from the homl16 cache (``datasets`` save/load_from_disk).
+
+    ``name`` must identify everything that changes the result (e.g. include the seed).
+    """
+    from datasets import disable_progress_bars, enable_progress_bars, load_from_disk
+
+    path = cache_dir() / "datasets" / name
+    if path.exists():
+        return load_from_disk(str(path))
+    dataset = build()
+    tmp = path.with_name(path.name + ".tmp")
+    disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(tmp))
+    finally:
+        enable_progress_bars()
+    tmp.rename(path)  # a crash mid-write never leaves a half-written cache behind
+    return load_from_disk(str(path))

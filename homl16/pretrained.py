@@ -1,0 +1,80 @@
+"""Every load from the Hugging Face hub goes through here.
+
+Online, the hub is used as in the book. Offline (no network, or ``HF_HUB_OFFLINE=1``)
+nothing waits on network retries: the local hub cache is tried, then the given
+fallback, and one printed line says which was used.
+"""
+
+import functools
+import os
+import socket
+
+from homl16.runtime import cache_dir
+
+HUB_HOST = "huggingface.co"
+
+
+@functools.lru_cache(maxsize=1)
+def hub_available(timeout=2.0):
+    """True when ``HF_HUB_OFFLINE`` is not set and the hub answers within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_pretrained(model_class, model_id, fallback, **kwargs):
+    """``model_class.from_pretrained(model_id, **kwargs)`` with an offline fallback.
+
+    Works for models, processors and tokenizers. ``fallback`` is a local directory
+    (loaded with the same class and kwargs) or a callable returning the object.
+    """
+    if not model_id or not isinstance(model_id, str):
+        raise ValueError(f"model_id must be a hub id like 'google/vit-base-patch16-224', got {model_id!r}")
+    if not (callable(fallback) or os.path.isdir(str(fallback))):
+        raise ValueError(f"fallback must be a callable or an existing directory, got {fallback!r}")
+    online = hub_available()
+    try:
+        loaded = model_class.from_pretrained(model_id, local_files_only=not online, **kwargs)
+        print(f"Loaded {model_id} ({'from the hub' if online else 'from the local hub cache'}).")
+        return loaded
+    except OSError:
+        if online:
+            raise
+    if callable(fallback):
+        loaded, used = fallback(), f"{getattr(fallback, '__name__', 'fallback')}()"
+    else:
+        loaded, used = model_class.from_pretrained(str(fallback), **kwargs), str(fallback)
+    print(f"Offline: {model_id} is not available, so using {used} instead.")
+    return loaded
+
+
+def load_hub_dataset(dataset_id, fallback, **kwargs):
+    """``datasets.load_dataset(dataset_id, **kwargs)`` when the hub is reachable, else ``fallback()``."""
+    if not callable(fallback):
+        raise ValueError("fallback must be a callable that returns a dataset")
+    if hub_available():
+        from datasets import load_dataset
+
+        print(f"Loading {dataset_id} from the hub.")
+        return load_dataset(dataset_id, **kwargs)
+    print(f"Offline: {dataset_id} is not available, so using {fallback.__name__}() instead.")
+    return fallback()
+
+
+def local_checkpoint(name, build):
+    """Directory of a small locally built checkpoint, made once with ``build()``.
+
+    ``build()`` returns objects with ``save_pretrained`` (a model, its processor, ...);
+    they are saved together so ``from_pretrained(directory)`` loads them back.
+    """
+    path = cache_dir() / "checkpoints" / name
+    if not path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        for part in build():
+            part.save_pretrained(str(tmp))
+        tmp.rename(path)
+    return str(path)

@@ -1,0 +1,44 @@
+"""Where code runs (device) and how runs repeat (seeds)."""
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def get_device():
+    """The best available device: "cuda", then "mps" (Apple silicon), then "cpu"."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def set_seed(seed=42):
+    """Seed Python, NumPy and PyTorch (every device) so a run can be repeated."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+
+
+def cache_dir():
+    """Where homl16 keeps what it can regenerate (datasets, features, small checkpoints).
+
+    ``$HOML16_CACHE`` if set; ``data/cache/`` in a clone of the course; else ``~/.cache/homl16``.
+    """
+    if os.environ.get("HOML16_CACHE"):
+        path = Path(os.environ["HOML16_CACHE"])
+    elif (REPO_ROOT / "pyproject.toml").exists():
+        path = REPO_ROOT / "data" / "cache"
+    else:
+        path = Path.home() / ".cache" / "homl16"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

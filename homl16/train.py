@@ -1,0 +1,86 @@
+"""One small training loop for every notebook that trains by hand."""
+
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from homl16.runtime import get_device
+
+
+def accuracy(logits, targets):
+    """Share of rows whose argmax equals the target: logits (B, C), targets (B,) -> float."""
+    return (logits.argmax(dim=-1) == targets).float().mean().item()
+
+
+def tensor_batches(X, y, batch_size, shuffle=False, generator=None):
+    """Yield (X_batch, y_batch) slices of in-memory tensors; faster than a DataLoader for small data."""
+    if len(X) != len(y):
+        raise ValueError(f"X and y lengths differ: {len(X)} vs {len(y)}")
+    if len(X) == 0:
+        raise ValueError("cannot make batches from an empty dataset")
+    order = torch.randperm(len(X), generator=generator) if shuffle else torch.arange(len(X))
+    for start in range(0, len(X), batch_size):
+        idx = order[start:start + batch_size]
+        yield X[idx], y[idx]
+
+
+@torch.no_grad()
+def predict(model, X, batch_size=512, device=None):
+    """Logits of ``model`` for every row of ``X``, computed in eval mode, returned on the CPU."""
+    device = device or get_device()
+    model.eval()
+    return torch.cat([model(X[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(X), batch_size)])
+
+
+def evaluate(model, X, y, loss_fn=F.cross_entropy, batch_size=512, device=None):
+    """{"loss": mean loss, "accuracy": share correct} of ``model`` on tensors X, y."""
+    logits = predict(model, X, batch_size, device)
+    return {"loss": loss_fn(logits, y).item(), "accuracy": accuracy(logits, y)}
+
+
+def fit(model, train_data, epochs, optimizer, scheduler=None, loss_fn=F.cross_entropy,
+        valid_data=None, batch_size=128, augment=None, device=None, seed=42, desc="training"):
+    """Train ``model`` on in-memory tensors and return its history.
+
+    train_data / valid_data: (X, y) tensor pairs. ``scheduler`` is stepped after every
+    batch (e.g. OneCycleLR). ``augment(X_batch) -> X_batch`` runs on the device.
+    Returns a dict of per-epoch lists: epoch, train_loss, train_accuracy, seconds, and
+    valid_loss, valid_accuracy when ``valid_data`` is given.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    device = device or get_device()
+    model.to(device)
+    X, y = train_data
+    generator = torch.Generator().manual_seed(seed)
+    history = {"epoch": [], "train_loss": [], "train_accuracy": [], "seconds": []}
+    start = time.perf_counter()
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch")
+    for epoch in bar:
+        model.train()
+        total_loss = total_correct = 0.0
+        for X_batch, y_batch in tensor_batches(X, y, batch_size, shuffle=True, generator=generator):
+            X_batch, y_batch = X_batch.to(device), y_batch.to(device)
+            if augment is not None:
+                X_batch = augment(X_batch)
+            logits = model(X_batch)
+            loss = loss_fn(logits, y_batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total_loss += loss.item() * len(y_batch)
+            total_correct += (logits.argmax(-1) == y_batch).sum().item()
+        history["epoch"].append(epoch)
+        history["train_loss"].append(total_loss / len(y))
+        history["train_accuracy"].append(total_correct / len(y))
+        if valid_data is not None:
+            for name, value in evaluate(model, *valid_data, loss_fn=loss_fn, device=device).items():
+                history.setdefault(f"valid_{name}", []).append(value)
+        history["seconds"].append(time.perf_counter() - start)
+        bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items() if k.endswith(("loss", "accuracy"))})
+    return history

@@ -1,0 +1,128 @@
+"""Vision Transformer (ViT) from scratch: patch embedding, class token, pre-norm encoder.
+
+The constructor signatures are the book's, so its code runs unchanged. Two fixes
+to the book: the book passes ``in_channels`` and ``embed_dim`` to ``PatchEmbedding``
+and to its ``nn.Conv2d`` in swapped order (the two swaps cancel, so it works by
+accident); and the book's ``nn.TransformerEncoderLayer`` is post-norm, while the
+ViT paper normalises *before* attention and MLP (pre-norm), which trains more
+stably without warm-up tricks.
+"""
+
+import torch
+from torch import nn
+
+from homl16.checks import check_divisible, check_images
+from homl16.transformer import EncoderBlock
+
+
+class PatchEmbedding(nn.Module):
+    """Cut images into non-overlapping patches and project each one linearly.
+
+    (B, in_channels, H, W) -> (B, N, embed_dim) with N = (H / patch_size) * (W / patch_size).
+    A conv with kernel = stride = patch_size is exactly "flatten each patch, then Linear".
+    """
+
+    def __init__(self, in_channels, embed_dim, patch_size=16):
+        super().__init__()
+        self.in_channels = in_channels
+        self.patch_size = patch_size
+        self.conv2d = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, X):
+        check_images("X", X, self.in_channels)
+        check_divisible("image height", X.shape[2], self.patch_size, "patch_size")
+        check_divisible("image width", X.shape[3], self.patch_size, "patch_size")
+        X = self.conv2d(X)  # (B, embed_dim, H / P, W / P)
+        return X.flatten(2).transpose(1, 2)  # (B, N, embed_dim)
+
+
+class ViT(nn.Module):
+    """Vision Transformer classifier.
+
+    forward: (B, in_channels, img_size, img_size) -> logits (B, num_classes).
+    ``forward_features`` returns the normalised tokens (B, 1 + N, embed_dim), class token first;
+    with ``return_attention=True`` both also return one (B, num_heads, 1 + N, 1 + N) map per layer.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000,
+                 embed_dim=768, depth=12, num_heads=12, ff_dim=3072, dropout=0.1):
+        super().__init__()
+        check_divisible("img_size", img_size, patch_size, "patch_size")
+        self.img_size = img_size
+        self.in_channels = in_channels
+        self.patch_embed = PatchEmbedding(in_channels, embed_dim, patch_size)
+        num_patches = (img_size // patch_size) ** 2
+        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, embed_dim) * 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward_features(self, X, return_attention=False):
+        check_images("X", X, self.in_channels, self.img_size, self.img_size)
+        Z = self.patch_embed(X)  # (B, N, D)
+        cls = self.cls_token.expand(Z.shape[0], -1, -1)  # (B, 1, D)
+        Z = self.dropout(torch.cat([cls, Z], dim=1) + self.pos_embed)  # (B, 1 + N, D)
+        maps = []
+        for block in self.blocks:
+            Z = block(Z, return_attention=return_attention)
+            if return_attention:
+                Z, weights = Z
+                maps.append(weights)
+        Z = self.norm(Z)
+        return (Z, maps) if return_attention else Z
+
+    def forward(self, X, return_attention=False):
+        Z = self.forward_features(X, return_attention)
+        if return_attention:
+            Z, maps = Z
+            return self.head(Z[:, 0]), maps
+        return self.head(Z[:, 0])  # classify from the class token
+
+
+@torch.no_grad()
+def copy_weights_from_hf(vit, hf_model):
+    """Copy a transformers ``ViTModel``'s (or ``ViTForImageClassification``'s) weights into ``vit``.
+
+    The two then compute the same tokens: ``vit.forward_features(X)`` equals
+    ``hf_model(X).last_hidden_state``. Set ``vit``'s LayerNorm eps to the config's.
+    Returns ``vit``.
+    """
+    hf = getattr(hf_model, "vit", hf_model)
+    if len(hf.layers) != len(vit.blocks):
+        raise ValueError(f"depth differs: {len(hf.layers)} hf layers vs {len(vit.blocks)} blocks")
+    vit.patch_embed.conv2d.load_state_dict(hf.embeddings.patch_embeddings.projection.state_dict())
+    vit.cls_token.copy_(hf.embeddings.cls_token)
+    vit.pos_embed.copy_(hf.embeddings.position_embeddings)
+    for block, layer in zip(vit.blocks, hf.layers):
+        attention = layer.attention
+        block.attn.q.load_state_dict(attention.q_proj.state_dict())
+        block.attn.kv.weight.copy_(torch.cat([attention.k_proj.weight, attention.v_proj.weight]))
+        block.attn.kv.bias.copy_(torch.cat([attention.k_proj.bias, attention.v_proj.bias]))
+        block.attn.proj.load_state_dict(attention.o_proj.state_dict())
+        block.norm1.load_state_dict(layer.layernorm_before.state_dict())
+        block.norm2.load_state_dict(layer.layernorm_after.state_dict())
+        block.mlp.fc1.load_state_dict(layer.mlp.fc1.state_dict())
+        block.mlp.fc2.load_state_dict(layer.mlp.fc2.state_dict())
+    vit.norm.load_state_dict(hf.layernorm.state_dict())
+    for norm in [vit.norm, *(m for b in vit.blocks for m in (b.norm1, b.norm2))]:
+        norm.eps = hf.config.layer_norm_eps
+    return vit
+
+
+def small_hf_vit(image_size=64, patch_size=8, hidden_size=64, depth=4, num_heads=4):
+    """A small, randomly initialised transformers ``ViTModel`` and its image processor.
+
+    The offline stand-in for ``google/vit-base-patch16-224-in21k`` (which is a 224-pixel,
+    768-wide, 12-layer ViT): same classes, so the book's fine-tuning code runs unchanged.
+    """
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    config = ViTConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                       num_hidden_layers=depth, num_attention_heads=num_heads,
+                       intermediate_size=2 * hidden_size)
+    processor = ViTImageProcessorPil(size={"height": image_size, "width": image_size},
+                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return ViTModel(config, add_pooling_layer=False), processor

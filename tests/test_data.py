@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from homl16.data import (
+    PHOTO_NAMES,
+    image_dataset,
+    load_digits,
+    load_mnist,
+    load_pets,
+    load_photo,
+    photos_dataset,
+    to_pil_rgb,
+    to_tensors,
+)
+
+
+def assert_book_schema(split, num_classes):
+    row = split[0]
+    assert isinstance(row["image"], Image.Image) and row["image"].mode == "RGB"
+    assert split.features["label"].num_classes == num_classes
+    assert 0 <= row["label"] < num_classes
+
+
+def test_mnist_is_4000_train_1000_test_real_digits_balanced():
+    mnist = load_mnist()
+    assert (len(mnist["train"]), len(mnist["test"])) == (4000, 1000)
+    assert_book_schema(mnist["test"], 10)
+    assert mnist["test"][0]["image"].size == (28, 28)
+    assert np.bincount(mnist["test"]["label"]).tolist() == [100] * 10
+    X, y = to_tensors(mnist["test"], mode="L")
+    assert X.shape == (1000, 1, 28, 28) and 0 <= X.min() and X.max() == 1
+    assert 0.08 < X.mean() < 0.2  # real digits: mostly black background, white strokes
+
+
+def test_sklearn_digits_split():
+    digits = load_digits()
+    assert (len(digits["train"]), len(digits["test"])) == (1437, 360)
+    assert_book_schema(digits["train"], 10)
+
+
+def test_photos_are_real_rgb_images():
+    assert {"chelsea", "coffee", "astronaut", "china", "flower"} <= set(PHOTO_NAMES)
+    cat = load_photo("chelsea")
+    assert cat.mode == "RGB" and cat.size == (451, 300)
+    assert load_photo("camera").mode == "RGB"  # a grey photo comes back as RGB
+    ds = photos_dataset(["china", "coffee"])
+    assert ds["name"] == ["china", "coffee"] and ds[0]["image"].size == (640, 427)
+    with pytest.raises(ValueError, match="unknown photo"):
+        load_photo("dog")
+
+
+def test_pets_offline_stand_in_has_the_pets_schema(capsys):
+    pets = load_pets()
+    assert "Offline" in capsys.readouterr().out
+    assert set(pets) == {"train", "test"}
+    assert_book_schema(pets["train"], pets["train"].features["label"].num_classes)
+    assert pets["train"].column_names == ["image", "label"]
+
+
+@pytest.mark.parametrize("image", [
+    Image.new("RGBA", (5, 4), (10, 20, 30, 0)),
+    Image.new("L", (5, 4), 7),
+    Image.new("P", (5, 4)),
+    np.full((4, 5), 65535, dtype=np.uint16),
+    np.zeros((4, 5), dtype=bool),
+    np.zeros((4, 5, 4), dtype=np.uint8),
+])
+def test_images_of_any_mode_become_rgb(image):
+    rgb = to_pil_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == (5, 4)
+
+
+def test_16_bit_images_are_rescaled_not_clipped():
+    assert np.asarray(to_pil_rgb(np.full((2, 2), 65535, dtype=np.uint16))).max() == 255
+    assert np.asarray(to_pil_rgb(np.full((2, 2), 32768, dtype=np.uint16))).max() == 128
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="no images"):
+        image_dataset([], [], ["a"])
+    with pytest.raises(ValueError, match="labels"):
+        image_dataset([np.zeros((2, 2))], [0, 1], ["a", "b"])
+    with pytest.raises(ValueError, match="shape"):
+        to_pil_rgb(np.zeros((2, 2, 2)))
+    mixed = image_dataset([np.zeros((2, 2)), np.zeros((3, 3))], [0, 0], ["a"])
+    with pytest.raises(ValueError, match="different sizes"):
+        to_tensors(mixed)
+    with pytest.raises(ValueError, match="mode"):
+        to_tensors(mixed, mode="CMYK")
+
+
+def test_to_tensors_keeps_pixel_values():
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3) * 20
+    X, y = to_tensors(image_dataset([image], [0], ["a"]))
+    assert torch.equal((X[0].permute(1, 2, 0) * 255).round().byte(), torch.from_numpy(image))
+    assert y.tolist() == [0]

@@ -1,0 +1,44 @@
+import time
+
+import pytest
+from transformers import AutoImageProcessor, ViTForImageClassification
+
+from homl16.pretrained import hub_available, load_hub_dataset, load_pretrained, local_checkpoint
+from homl16.vit import small_hf_vit
+
+
+def test_hub_is_off_when_hf_hub_offline_is_set():
+    assert hub_available() is False
+
+
+def test_offline_fallback_is_instant_and_says_what_it_used(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOML16_CACHE", str(tmp_path))
+    local = local_checkpoint("small-vit", lambda: small_hf_vit(image_size=32, patch_size=8))
+    start = time.perf_counter()
+    model = load_pretrained(ViTForImageClassification, "google/vit-base-patch16-224-in21k", local,
+                            num_labels=7)
+    processor = load_pretrained(AutoImageProcessor, "google/vit-base-patch16-224-in21k", local)
+    assert time.perf_counter() - start < 5
+    out = capsys.readouterr().out
+    assert out.count("Offline: google/vit-base-patch16-224-in21k is not available") == 2
+    assert local in out
+    assert model.config.num_labels == 7 and model.config.image_size == 32
+    assert processor.size == {"height": 32, "width": 32}
+
+
+def test_callable_fallback_and_dataset_fallback(capsys):
+    def tiny():
+        return "tiny model"
+
+    assert load_pretrained(ViTForImageClassification, "no-such/model", tiny) == "tiny model"
+    assert load_hub_dataset("no-such/dataset", fallback=lambda: [1, 2]) == [1, 2]
+    assert "tiny()" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="model_id"):
+        load_pretrained(ViTForImageClassification, "", lambda: None)
+    with pytest.raises(ValueError, match="fallback"):
+        load_pretrained(ViTForImageClassification, "a/b", "/no/such/directory")
+    with pytest.raises(ValueError, match="fallback"):
+        load_hub_dataset("a/b", fallback="not callable")
