@@ -3,9 +3,26 @@
 import inspect
 import math
 import numbers
+import warnings
 
 from IPython import get_ipython
 from IPython.display import Markdown, display
+
+from homl16.runtime import get_device, set_seed
+
+
+def setup_notebook(seed=42, dpi=72):
+    """Seed everything, pick the device and keep figures small; prints one line, returns the device."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    set_seed(seed)
+    plt.rcParams["figure.dpi"] = dpi
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")  # harmless on a CPU-only machine
+    device = get_device()
+    print(f"homl16 {__import__('homl16').__version__}, torch {torch.__version__}, device: {device}, "
+          f"seed: {seed}")
+    return device
 
 
 def show_source(*objects):
@@ -27,7 +44,7 @@ def show_source(*objects):
 
 
 def report(results):
-    """Print a notebook's key results, one ``name: value`` line each, and return them.
+    """Print a notebook's key results, one ``name: value`` line each.
 
     Floats are rounded to 4 significant decimals; names must be identifiers so the
     lines can be compared across runs (e.g. ``vit_test_accuracy: 0.969``).
@@ -43,4 +60,3 @@ def report(results):
                 raise ValueError(f"report value {name} is NaN")
             value = round(value, 4)
         print(f"{name}: {value}")
-    return results

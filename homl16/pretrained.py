@@ -47,7 +47,8 @@ def load_pretrained(model_class, model_id, fallback, **kwargs):
     if callable(fallback):
         loaded, used = fallback(), f"{getattr(fallback, '__name__', 'fallback')}()"
     else:
-        loaded, used = model_class.from_pretrained(str(fallback), **kwargs), str(fallback)
+        fallback = os.path.relpath(fallback)  # short, and no user's home in printed output
+        loaded, used = model_class.from_pretrained(fallback, **kwargs), fallback
     print(f"Offline: {model_id} is not available, so using {used} instead.")
     return loaded
 

@@ -86,9 +86,9 @@ class ViT(nn.Module):
 def copy_weights_from_hf(vit, hf_model):
     """Copy a transformers ``ViTModel``'s (or ``ViTForImageClassification``'s) weights into ``vit``.
 
-    The two then compute the same tokens: ``vit.forward_features(X)`` equals
-    ``hf_model(X).last_hidden_state``. Set ``vit``'s LayerNorm eps to the config's.
-    Returns ``vit``.
+    The two then compute the same function: ``vit.forward_features(X)`` equals
+    ``hf_model(X).last_hidden_state`` (and ``vit(X)`` the classifier's logits). The
+    LayerNorm eps is taken from the config. Returns ``vit``.
     """
     hf = getattr(hf_model, "vit", hf_model)
     if len(hf.layers) != len(vit.blocks):
@@ -107,6 +107,8 @@ def copy_weights_from_hf(vit, hf_model):
         block.mlp.fc1.load_state_dict(layer.mlp.fc1.state_dict())
         block.mlp.fc2.load_state_dict(layer.mlp.fc2.state_dict())
     vit.norm.load_state_dict(hf.layernorm.state_dict())
+    if hasattr(hf_model, "classifier"):
+        vit.head.load_state_dict(hf_model.classifier.state_dict())
     for norm in [vit.norm, *(m for b in vit.blocks for m in (b.norm1, b.norm2))]:
         norm.eps = hf.config.layer_norm_eps
     return vit

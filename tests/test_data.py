@@ -6,6 +6,7 @@ from PIL import Image
 from homl16.data import (
     PHOTO_NAMES,
     image_dataset,
+    image_to_tensor,
     load_digits,
     load_mnist,
     load_pets,
@@ -89,6 +90,11 @@ def test_bad_inputs_are_rejected():
         to_tensors(mixed)
     with pytest.raises(ValueError, match="mode"):
         to_tensors(mixed, mode="CMYK")
+
+
+def test_image_to_tensor():
+    X = image_to_tensor(Image.new("L", (5, 4), 255))
+    assert X.shape == (3, 4, 5) and X.min() == X.max() == 1
 
 
 def test_to_tensors_keeps_pixel_values():

@@ -21,7 +21,7 @@ def test_offline_fallback_is_instant_and_says_what_it_used(capsys, tmp_path, mon
     assert time.perf_counter() - start < 5
     out = capsys.readouterr().out
     assert out.count("Offline: google/vit-base-patch16-224-in21k is not available") == 2
-    assert local in out
+    assert "small-vit instead" in out and "using /" not in out  # a relative path is printed
     assert model.config.num_labels == 7 and model.config.image_size == 32
     assert processor.size == {"height": 32, "width": 32}
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import ViTConfig, ViTModel
+from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from homl16.vit import PatchEmbedding, ViT, copy_weights_from_hf
 
@@ -89,3 +89,16 @@ def test_vit_rejects_non_tensors():
     vit = ViT(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, ff_dim=32)
     with pytest.raises(TypeError, match="torch.Tensor"):
         vit([[1.0]])
+
+
+def test_vit_matches_transformers_classifier_logits_with_copied_weights():
+    torch.manual_seed(1)
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=3)
+    hf = ViTForImageClassification(config).eval()
+    vit = ViT(img_size=16, patch_size=4, num_classes=3, embed_dim=32, depth=2, num_heads=2,
+              ff_dim=64, dropout=0.0).eval()
+    copy_weights_from_hf(vit, hf)
+    X = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(vit(X), hf(pixel_values=X).logits, rtol=1e-5, atol=1e-5)

@@ -30,6 +30,12 @@ def to_pil_rgb(image):
     return Image.fromarray(image[:, :, :3])
 
 
+def image_to_tensor(image):
+    """A PIL image or (H, W[, C]) uint8 array -> float tensor (C, H, W) in [0, 1] (RGB, C = 3)."""
+    array = np.asarray(to_pil_rgb(image))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
 def image_dataset(images, labels, label_names, **columns):
     """A `datasets.Dataset` with the book's schema: image (PIL RGB), label (ClassLabel), plus ``columns``."""
     from datasets import ClassLabel, Dataset, Features

@@ -6,12 +6,13 @@ from homl16.pretrained import load_hub_dataset
 PETS_ID = "timm/oxford-iiit-pet"
 
 
-def shapes_pets_stand_in(train_size=800, test_size=200, image_size=64):
-    """Offline stand-in: single-shape scenes labelled by shape, as {"image", "label"} train/test splits."""
+def shapes_pets_stand_in(train_size=2000, test_size=400, image_size=32):
+    """Offline stand-in: one large shape per image, labelled by shape, as {"image", "label"} train/test splits."""
     from datasets import DatasetDict
 
     def split(size, name):
-        scenes = shapes_dataset(size, seed=0, split=name, image_size=image_size, max_objects=1)
+        scenes = shapes_dataset(size, seed=0, split=name, image_size=image_size, max_objects=1,
+                                sizes=("large",))
         return scenes.select_columns(["image", "label"])
 
     return DatasetDict(train=split(train_size, "train"), test=split(test_size, "test"))
