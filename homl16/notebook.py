@@ -54,6 +54,8 @@ def report(results):
     for name, value in results.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"report names must be identifiers, got {name!r}")
+        if hasattr(value, "item"):  # a one-element tensor or NumPy scalar
+            value = value.item()
         if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
             value = float(value)
             if math.isnan(value):

@@ -114,8 +114,8 @@ def copy_weights_from_hf(vit, hf_model):
     return vit
 
 
-def small_hf_vit(image_size=64, patch_size=8, hidden_size=64, depth=4, num_heads=4):
-    """A small, randomly initialised transformers ``ViTModel`` and its image processor.
+def small_hf_vit(image_size=64, patch_size=8, hidden_size=64, depth=4, num_heads=4, seed=0):
+    """A small, randomly initialised (from ``seed``) transformers ``ViTModel`` and its image processor.
 
     The offline stand-in for ``google/vit-base-patch16-224-in21k`` (which is a 224-pixel,
     768-wide, 12-layer ViT): same classes, so the book's fine-tuning code runs unchanged.
@@ -127,4 +127,7 @@ def small_hf_vit(image_size=64, patch_size=8, hidden_size=64, depth=4, num_heads
                        intermediate_size=2 * hidden_size)
     processor = ViTImageProcessorPil(size={"height": image_size, "width": image_size},
                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    return ViTModel(config, add_pooling_layer=False), processor
+    with torch.random.fork_rng():  # the same weights for a seed, without touching the global RNG
+        torch.manual_seed(seed)
+        model = ViTModel(config, add_pooling_layer=False)
+    return model, processor

@@ -82,8 +82,10 @@ def test_seed_and_device():
 
 
 def test_report_prints_one_line_per_result(capsys):
-    homl16.report({"vit_test_accuracy": 0.96912345, "epochs": 40, "model": "vit"})
-    assert capsys.readouterr().out.splitlines() == ["vit_test_accuracy: 0.9691", "epochs: 40", "model: vit"]
+    homl16.report({"vit_test_accuracy": 0.96912345, "epochs": 40, "model": "vit",
+                   "share": torch.tensor(0.756), "mean": np.float64(0.12345)})
+    assert capsys.readouterr().out.splitlines() == [
+        "vit_test_accuracy: 0.9691", "epochs: 40", "model: vit", "share: 0.756", "mean: 0.1235"]
     with pytest.raises(ValueError, match="identifiers"):
         homl16.report({"test accuracy": 1.0})
     with pytest.raises(ValueError, match="NaN"):

@@ -7,7 +7,7 @@ PETS_ID = "timm/oxford-iiit-pet"
 
 
 def shapes_pets_stand_in(train_size=2000, test_size=400, image_size=32):
-    """Offline stand-in: one large shape per image, labelled by shape, as {"image", "label"} train/test splits."""
+    """Offline stand-in: one large shape per image, labelled by shape; {"image", "label"} train/test."""
     from datasets import DatasetDict
 
     def split(size, name):
