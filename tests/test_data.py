@@ -102,3 +102,21 @@ def test_to_tensors_keeps_pixel_values():
     X, y = to_tensors(image_dataset([image], [0], ["a"]))
     assert torch.equal((X[0].permute(1, 2, 0) * 255).round().byte(), torch.from_numpy(image))
     assert y.tolist() == [0]
+
+
+def test_cached_dataset_builds_once_per_options(tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from homl16.data import cached_dataset
+
+    monkeypatch.setenv("HOML16_CACHE", str(tmp_path))
+    calls = []
+
+    def build():
+        calls.append(1)
+        return Dataset.from_dict({"x": [len(calls)]})
+
+    assert cached_dataset("toy", build, seed=0)["x"] == [1]
+    assert cached_dataset("toy", build, seed=0)["x"] == [1]  # from the cache
+    assert cached_dataset("toy", build, seed=1)["x"] == [2]  # other options, other entry
+    assert len(calls) == 2

@@ -1,5 +1,8 @@
 """Between arrays, PIL images, `datasets.Dataset`s and tensors."""
 
+import zlib
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -71,14 +74,18 @@ def to_tensors(dataset, mode="RGB", image_column="image", label_column="label"):
     return X.contiguous(), torch.tensor(dataset[label_column], dtype=torch.long)
 
 
-def cached_dataset(name, build):
+def cached_dataset(name, build, **options):
     """``build()`` once, then reload it from the homl16 cache (``datasets`` save/load_from_disk).
 
-    ``name`` must identify everything that changes the result (e.g. include the seed).
+    The cache entry is keyed by ``name``, the ``options`` that change the result (seed,
+    sizes, ...) and the source of the module that defines ``build``, so editing the
+    generator never serves a stale dataset.
     """
     from datasets import disable_progress_bars, enable_progress_bars, load_from_disk
 
-    path = cache_dir() / "datasets" / name
+    source = Path(build.__code__.co_filename).read_bytes()
+    key = zlib.crc32(source + repr(sorted(options.items())).encode())
+    path = cache_dir() / "datasets" / f"{name}-{key:08x}"
     if path.exists():
         return load_from_disk(str(path))
     dataset = build()

@@ -235,8 +235,6 @@ def shapes_dataset(num_scenes, seed=0, split="train", **world_options):
     ``ShapesWorld`` (image_size, min_objects, max_objects, ...). Cached on disk.
     """
     world = ShapesWorld(**world_options)
-    key = "_".join(f"{k}={v}" for k, v in sorted(world_options.items()))
-    name = f"shapes_{num_scenes}_{seed}_{split}_{abs(hash_text(key))}"
 
     def build():
         from PIL import Image
@@ -252,15 +250,13 @@ def shapes_dataset(num_scenes, seed=0, split="train", **world_options):
             box_labels=[s.labels for s in scenes],
             mask=[Image.fromarray(s.mask.astype(np.uint8)) for s in scenes])
 
-    return cached_dataset(name, build)
+    return cached_dataset("shapes", build, num_scenes=num_scenes, seed=seed, split=split, **world_options)
 
 
 def shapes_video_dataset(num_videos, seed=0, split="train", num_frames=8, **world_options):
     """Videos as a `datasets.Dataset`: frames (list of PIL RGB), narration (str),
     label (ClassLabel ACTIONS), colour, shape (str). Cached on disk."""
     world = ShapesWorld(**world_options)
-    key = "_".join(f"{k}={v}" for k, v in sorted(world_options.items()))
-    name = f"shapes_video_{num_videos}_{seed}_{split}_{num_frames}_{abs(hash_text(key))}"
 
     def build():
         from datasets import ClassLabel, Dataset, Features, Sequence, Value
@@ -279,11 +275,5 @@ def shapes_video_dataset(num_videos, seed=0, split="train", num_frames=8, **worl
             "colour": [v["colour"] for v in videos], "shape": [v["shape"] for v in videos],
         }, features=features)
 
-    return cached_dataset(name, build)
-
-
-def hash_text(text):
-    """A hash of ``text`` that is the same in every process (unlike ``hash``)."""
-    import zlib
-
-    return zlib.crc32(text.encode())
+    return cached_dataset("shapes_video", build, num_videos=num_videos, seed=seed, split=split,
+                          num_frames=num_frames, **world_options)
