@@ -9,6 +9,7 @@ stably without warm-up tricks.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from homl16.checks import check_divisible, check_images
@@ -42,6 +43,8 @@ class ViT(nn.Module):
     forward: (B, in_channels, img_size, img_size) -> logits (B, num_classes).
     ``forward_features`` returns the normalised tokens (B, 1 + N, embed_dim), class token first;
     with ``return_attention=True`` both also return one (B, num_heads, 1 + N, 1 + N) map per layer.
+    With ``interpolate_pos_encoding=True`` both accept other image sizes (the position embeddings
+    are resized to the patch grid, as in transformers' ViT and in DINO).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000,
@@ -60,11 +63,18 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
 
-    def forward_features(self, X, return_attention=False):
-        check_images("X", X, self.in_channels, self.img_size, self.img_size)
+    def forward_features(self, X, return_attention=False, interpolate_pos_encoding=False):
+        if interpolate_pos_encoding:  # any size divisible by the patch size (e.g. DINO's small crops)
+            check_images("X", X, self.in_channels)
+        else:
+            check_images("X", X, self.in_channels, self.img_size, self.img_size)
         Z = self.patch_embed(X)  # (B, N, D)
         cls = self.cls_token.expand(Z.shape[0], -1, -1)  # (B, 1, D)
-        Z = self.dropout(torch.cat([cls, Z], dim=1) + self.pos_embed)  # (B, 1 + N, D)
+        pos_embed = self.pos_embed
+        if interpolate_pos_encoding:
+            patch_size = self.patch_embed.patch_size
+            pos_embed = self.interpolate_pos_encoding(X.shape[2] // patch_size, X.shape[3] // patch_size)
+        Z = self.dropout(torch.cat([cls, Z], dim=1) + pos_embed)  # (B, 1 + N, D)
         maps = []
         for block in self.blocks:
             Z = block(Z, return_attention=return_attention)
@@ -74,12 +84,57 @@ class ViT(nn.Module):
         Z = self.norm(Z)
         return (Z, maps) if return_attention else Z
 
-    def forward(self, X, return_attention=False):
-        Z = self.forward_features(X, return_attention)
+    def interpolate_pos_encoding(self, rows, cols):
+        """The position embeddings resized (bicubic) to a rows x cols patch grid: (1, 1 + rows * cols, D).
+
+        Computes what transformers' ViT does with ``interpolate_pos_encoding=True``, so a model
+        trained at one image size also runs on other sizes.
+        """
+        side = int((self.pos_embed.shape[1] - 1) ** 0.5)
+        if (rows, cols) == (side, side):
+            return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, side, side)
+        patch_pos = F.interpolate(patch_pos, size=(rows, cols), mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+
+    def forward(self, X, return_attention=False, interpolate_pos_encoding=False):
+        Z = self.forward_features(X, return_attention, interpolate_pos_encoding)
         if return_attention:
             Z, maps = Z
             return self.head(Z[:, 0]), maps
         return self.head(Z[:, 0])  # classify from the class token
+
+
+def paired_parameters(vit, hf_model):
+    """(course tensor, transformers tensor) pairs holding the same weights, in ``vit`` and a
+    transformers ``ViTModel`` or ``ViTForImageClassification`` (whose classifier pairs with the head).
+
+    The course's fused key/value projection pairs, in halves, with transformers' separate ones.
+    """
+    hf = getattr(hf_model, "vit", hf_model)
+    if len(hf.layers) != len(vit.blocks):
+        raise ValueError(f"depth differs: {len(hf.layers)} hf layers vs {len(vit.blocks)} blocks")
+    modules = [(vit.patch_embed.conv2d, hf.embeddings.patch_embeddings.projection), (vit.norm, hf.layernorm)]
+    pairs = [(vit.cls_token, hf.embeddings.cls_token), (vit.pos_embed, hf.embeddings.position_embeddings)]
+    for block, layer in zip(vit.blocks, hf.layers):
+        attention = layer.attention
+        modules += [(block.attn.q, attention.q_proj), (block.attn.proj, attention.o_proj),
+                    (block.norm1, layer.layernorm_before), (block.norm2, layer.layernorm_after),
+                    (block.mlp.fc1, layer.mlp.fc1), (block.mlp.fc2, layer.mlp.fc2)]
+        for ours, key, value in zip((block.attn.kv.weight, block.attn.kv.bias),
+                                    (attention.k_proj.weight, attention.k_proj.bias),
+                                    (attention.v_proj.weight, attention.v_proj.bias)):
+            pairs += [(ours[:len(key)], key), (ours[len(key):], value)]
+    if hasattr(hf_model, "classifier"):
+        modules.append((vit.head, hf_model.classifier))
+    for ours, theirs in modules:
+        pairs += [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]
+    for ours, theirs in pairs:
+        if ours.shape != theirs.shape:
+            raise ValueError(f"sizes differ: {tuple(ours.shape)} in the course's ViT "
+                             f"vs {tuple(theirs.shape)} in transformers'")
+    return pairs
 
 
 @torch.no_grad()
@@ -90,28 +145,43 @@ def copy_weights_from_hf(vit, hf_model):
     ``hf_model(X).last_hidden_state`` (and ``vit(X)`` the classifier's logits). The
     LayerNorm eps is taken from the config. Returns ``vit``.
     """
-    hf = getattr(hf_model, "vit", hf_model)
-    if len(hf.layers) != len(vit.blocks):
-        raise ValueError(f"depth differs: {len(hf.layers)} hf layers vs {len(vit.blocks)} blocks")
-    vit.patch_embed.conv2d.load_state_dict(hf.embeddings.patch_embeddings.projection.state_dict())
-    vit.cls_token.copy_(hf.embeddings.cls_token)
-    vit.pos_embed.copy_(hf.embeddings.position_embeddings)
-    for block, layer in zip(vit.blocks, hf.layers):
-        attention = layer.attention
-        block.attn.q.load_state_dict(attention.q_proj.state_dict())
-        block.attn.kv.weight.copy_(torch.cat([attention.k_proj.weight, attention.v_proj.weight]))
-        block.attn.kv.bias.copy_(torch.cat([attention.k_proj.bias, attention.v_proj.bias]))
-        block.attn.proj.load_state_dict(attention.o_proj.state_dict())
-        block.norm1.load_state_dict(layer.layernorm_before.state_dict())
-        block.norm2.load_state_dict(layer.layernorm_after.state_dict())
-        block.mlp.fc1.load_state_dict(layer.mlp.fc1.state_dict())
-        block.mlp.fc2.load_state_dict(layer.mlp.fc2.state_dict())
-    vit.norm.load_state_dict(hf.layernorm.state_dict())
-    if hasattr(hf_model, "classifier"):
-        vit.head.load_state_dict(hf_model.classifier.state_dict())
+    for ours, theirs in paired_parameters(vit, hf_model):
+        ours.copy_(theirs)
     for norm in [vit.norm, *(m for b in vit.blocks for m in (b.norm1, b.norm2))]:
-        norm.eps = hf.config.layer_norm_eps
+        norm.eps = hf_model.config.layer_norm_eps
     return vit
+
+
+@torch.no_grad()
+def copy_weights_to_hf(vit, hf_model):
+    """The reverse of ``copy_weights_from_hf``: copy ``vit``'s weights into a transformers ``ViTModel``.
+
+    ``hf_model`` must have the same sizes (``hf_vit_config(vit)`` gives them). The two then
+    compute the same function: ``hf_model(X).last_hidden_state`` equals ``vit.forward_features(X)``.
+    Returns ``hf_model``.
+    """
+    for ours, theirs in paired_parameters(vit, hf_model):
+        theirs.copy_(ours)
+    return hf_model
+
+
+def hf_vit_config(vit):
+    """A transformers ``ViTConfig`` with the sizes of the course's ``vit`` (no dropout)."""
+    from transformers import ViTConfig
+
+    block = vit.blocks[0]
+    return ViTConfig(image_size=vit.img_size, patch_size=vit.patch_embed.patch_size,
+                     num_channels=vit.in_channels, hidden_size=vit.cls_token.shape[-1],
+                     num_hidden_layers=len(vit.blocks), num_attention_heads=block.attn.num_heads,
+                     intermediate_size=block.mlp.fc1.out_features, layer_norm_eps=vit.norm.eps,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def to_hf_vit(vit):
+    """A transformers ``ViTModel`` (no pooler) that computes what ``vit.forward_features`` does."""
+    from transformers import ViTModel
+
+    return copy_weights_to_hf(vit, ViTModel(hf_vit_config(vit), add_pooling_layer=False).eval())
 
 
 def small_hf_vit(image_size=64, patch_size=8, hidden_size=64, depth=4, num_heads=4, seed=0):
