@@ -56,11 +56,12 @@ def test_vit_matches_transformers_vit_model_with_copied_weights():
         torch.testing.assert_close(tokens, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_copy_weights_rejects_a_different_depth():
+@pytest.mark.parametrize("depth, embed_dim, message", [(2, 16, "depth"), (1, 32, "sizes differ")])
+def test_copy_weights_rejects_a_different_architecture(depth, embed_dim, message):
     hf = ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
                             num_attention_heads=2, intermediate_size=32), add_pooling_layer=False)
-    vit = ViT(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, ff_dim=32)
-    with pytest.raises(ValueError, match="depth"):
+    vit = ViT(img_size=16, patch_size=8, embed_dim=embed_dim, depth=depth, num_heads=2, ff_dim=32)
+    with pytest.raises(ValueError, match=message):
         copy_weights_from_hf(vit, hf)
 
 
@@ -102,11 +103,3 @@ def test_vit_matches_transformers_classifier_logits_with_copied_weights():
     X = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(vit(X), hf(pixel_values=X).logits, rtol=1e-5, atol=1e-5)
-
-
-def test_copy_weights_rejects_different_widths():
-    hf = ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
-                            num_attention_heads=2, intermediate_size=32), add_pooling_layer=False)
-    vit = ViT(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, ff_dim=32)
-    with pytest.raises(ValueError, match="sizes differ"):
-        copy_weights_from_hf(vit, hf)
