@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from homl16.checks import check_images, check_rank, check_tensor
+from homl16.checks import check_rank, check_tensor
 from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld, relation
 from homl16.runtime import get_device
 from homl16.train import tensor_batches
@@ -67,18 +67,11 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.vit = ViT(img_size, patch_size, 3, 1, embed_dim, depth, num_heads, ff_dim, dropout=0.0)
         self.vit.head = nn.Identity()  # no classifier: the projection below replaces it
-        self.pre_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.vit.pre_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.projection = nn.Linear(embed_dim, projection_dim, bias=False)
 
     def forward(self, X):
-        vit = self.vit
-        check_images("X", X, 3, vit.img_size, vit.img_size)
-        Z = vit.patch_embed(X)  # (B, N, D)
-        Z = torch.cat([vit.cls_token.expand(len(Z), -1, -1), Z], dim=1) + vit.pos_embed  # (B, 1 + N, D)
-        Z = self.pre_norm(Z)
-        for block in vit.blocks:
-            Z = block(Z)
-        return self.projection(vit.norm(Z[:, 0]))  # (B, P)
+        return self.projection(self.vit.forward_features(X)[:, 0])  # class token's final state -> (B, P)
 
 
 def causal_mask(length, device=None):
@@ -411,7 +404,7 @@ def to_hf_clip(model):
     position = vit.pos_embed[0].clone()
     position[1:] += vit.patch_embed.conv2d.bias
     vision.embeddings.position_embedding.weight.copy_(position)
-    vision.pre_layrnorm.load_state_dict(image.pre_norm.state_dict())
+    vision.pre_layrnorm.load_state_dict(vit.pre_norm.state_dict())
     for block, layer in zip(vit.blocks, vision.encoder.layers):
         copy_block_to_hf(block, layer)
     vision.post_layernorm.load_state_dict(vit.norm.state_dict())

@@ -60,6 +60,7 @@ class ViT(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             EncoderBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(depth))
+        self.pre_norm = nn.Identity()  # CLIP's image tower puts a LayerNorm here
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
 
@@ -74,7 +75,7 @@ class ViT(nn.Module):
         if interpolate_pos_encoding:
             patch_size = self.patch_embed.patch_size
             pos_embed = self.interpolate_pos_encoding(X.shape[2] // patch_size, X.shape[3] // patch_size)
-        Z = self.dropout(torch.cat([cls, Z], dim=1) + pos_embed)  # (B, 1 + N, D)
+        Z = self.pre_norm(self.dropout(torch.cat([cls, Z], dim=1) + pos_embed))  # (B, 1 + N, D)
         maps = []
         for block in self.blocks:
             Z = block(Z, return_attention=return_attention)
