@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from homl16.checks import check_rank, check_tensor
 from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld, relation
 from homl16.runtime import get_device
-from homl16.train import tensor_batches
+from homl16.train import predict, tensor_batches
 from homl16.transformer import EncoderBlock
 from homl16.vit import ViT
 
@@ -298,10 +298,7 @@ def train_clip(model, images, input_ids, epochs, batch_size=128, lr=2e-3, weight
 def encode_images(model, X, batch_size=512, device=None):
     """l2-normalised image embeddings (N, P) of images X (N, 3, S, S), on the CPU."""
     check_tensor("X", X)
-    device = device or get_device()
-    model.eval().to(device)
-    return torch.cat([F.normalize(model.image_encoder(X[i:i + batch_size].to(device)), dim=-1).cpu()
-                      for i in range(0, len(X), batch_size)])
+    return F.normalize(predict(model.image_encoder, X, batch_size, device), dim=-1)
 
 
 @torch.no_grad()
