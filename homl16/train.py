@@ -10,8 +10,9 @@ from homl16.runtime import get_device
 
 
 def accuracy(logits, targets):
-    """Share of rows whose argmax equals the target: logits (B, C), targets (B,) -> float."""
-    return (logits.argmax(dim=-1) == targets).float().mean().item()
+    """Share of predictions equal to the target, with classes on dim 1 as in ``F.cross_entropy``:
+    logits (B, C) and targets (B,), or per-pixel logits (B, C, H, W) and targets (B, H, W) -> float."""
+    return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
 def tensor_batches(X, y, batch_size, shuffle=False, generator=None):
@@ -74,7 +75,7 @@ def fit(model, train_data, epochs, optimizer, scheduler=None, loss_fn=F.cross_en
             if scheduler is not None:
                 scheduler.step()
             total_loss += loss.item() * len(y_batch)
-            total_correct += (logits.argmax(-1) == y_batch).sum().item()
+            total_correct += accuracy(logits, y_batch) * len(y_batch)
         history["epoch"].append(epoch)
         history["train_loss"].append(total_loss / len(y))
         history["train_accuracy"].append(total_correct / len(y))

@@ -1,0 +1,74 @@
+"""Semantic segmentation on shapes-world scenes: the data, a light multi-scale head, and mean IoU.
+
+Shared by the hierarchical ViTs (PVT, Swin) and the plain-ViT baseline they are compared with.
+Train with ``homl16.train.fit``: per-pixel logits (B, C, H, W) and masks (B, H, W) work with its
+cross-entropy and accuracy (which is then pixel accuracy).
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from homl16.checks import check_tensor
+from homl16.data.shapes import SHAPES
+
+CLASS_NAMES = ("background",) + tuple(SHAPES)
+
+
+def shapes_segmentation_data(num_scenes, seed=0, split="train", image_size=64, **world_options):
+    """Shapes scenes as tensors: X float (N, 3, H, W) in [0, 1], masks long (N, H, W) with
+    0 = background and shape id + 1 for each object pixel (``CLASS_NAMES``). Cached on disk."""
+    from homl16.data.convert import to_tensors
+    from homl16.data.shapes import shapes_dataset
+
+    dataset = shapes_dataset(num_scenes, seed, split, image_size=image_size, **world_options)
+    X, _ = to_tensors(dataset)
+    masks = torch.from_numpy(np.stack([np.asarray(m) for m in dataset["mask"]])).long()
+    return X, masks
+
+
+class SegmentationHead(nn.Module):
+    """FPN-style light head: project each feature map to ``dim`` channels (1x1 conv), upsample
+    them to the finest map's grid, sum, refine with a 3x3 conv, classify per position, and
+    upsample the logits to the image size.
+
+    features: list of (B, C_i, H_i, W_i) with C_i = in_channels[i] -> logits (B, num_classes, H, W).
+    """
+
+    def __init__(self, in_channels, num_classes, dim=64):
+        super().__init__()
+        if len(in_channels) == 0:
+            raise ValueError("in_channels must list at least one feature map's channels")
+        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
+        self.fuse = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU())
+        self.classify = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, features, image_size):
+        if len(features) != len(self.lateral):
+            raise ValueError(f"expected {len(self.lateral)} feature maps, got {len(features)}")
+        size = features[0].shape[-2:]
+        fused = sum(F.interpolate(lateral(f), size=size, mode="bilinear", align_corners=False)
+                    for lateral, f in zip(self.lateral, features))
+        logits = self.classify(self.fuse(fused))
+        return F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
+
+
+def intersection_over_union(predictions, targets, num_classes):
+    """Per-class IoU over a whole set: predictions, targets long (N, H, W) -> (num_classes,) float,
+    NaN for a class absent from both."""
+    check_tensor("predictions", predictions)
+    check_tensor("targets", targets)
+    if predictions.shape != targets.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ")
+    predictions, targets = predictions.flatten(), targets.flatten()
+    confusion = torch.bincount(targets * num_classes + predictions, minlength=num_classes ** 2)
+    confusion = confusion.reshape(num_classes, num_classes).double()
+    intersection = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.nan)
+
+
+def mean_iou(predictions, targets, num_classes):
+    """Mean over classes of the IoU (classes absent from both are skipped): (N, H, W) x 2 -> float."""
+    return intersection_over_union(predictions, targets, num_classes).nanmean().item()
