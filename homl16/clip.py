@@ -443,15 +443,16 @@ def train_course_clip(num_scenes=3000, epochs=16, batch_size=128, lr=3e-3, image
     return model.cpu().eval(), tokenizer, history
 
 
-def course_clip_checkpoint():
+def course_clip_checkpoint(model=None, tokenizer=None):
     """Directory of the course's shapes CLIP saved as a transformers ``CLIPModel`` with its
-    ``CLIPProcessor`` (trained once with ``train_course_clip``, then cached), e.g. for
-    ``CLIPModel.from_pretrained(course_clip_checkpoint())`` to score generated scenes."""
+    ``CLIPProcessor``, e.g. for ``CLIPModel.from_pretrained(course_clip_checkpoint())`` to score
+    generated scenes. Made once, from ``model`` and ``tokenizer`` when given (notebook 10 passes
+    the CLIP it has just trained with ``train_course_clip``), otherwise by training it now."""
     from homl16.pretrained import local_checkpoint
 
     def build():
-        model, tokenizer, _ = train_course_clip()
-        image_size = model.image_encoder.vit.img_size
-        return to_hf_clip(model), clip_processor(tokenizer, image_size)
+        trained, trained_tokenizer = (model, tokenizer) if model is not None else train_course_clip()[:2]
+        trained = trained.cpu().eval()
+        return to_hf_clip(trained), clip_processor(trained_tokenizer, trained.image_encoder.vit.img_size)
 
     return local_checkpoint("shapes-clip-v1", build)

@@ -8,6 +8,8 @@ from homl16.data import (
     image_dataset,
     image_to_tensor,
     load_digits,
+    load_image,
+    load_image_folder,
     load_mnist,
     load_pets,
     load_photo,
@@ -71,6 +73,36 @@ def test_pets_offline_stand_in_has_the_pets_schema(capsys):
 def test_images_of_any_mode_become_rgb(image):
     rgb = to_pil_rgb(image)
     assert rgb.mode == "RGB" and rgb.size == (5, 4)
+
+
+def test_images_from_the_wild(tmp_path):
+    wide = Image.new("RGB", (6, 3), (200, 10, 10))
+    exif = wide.getexif()
+    exif[0x0112] = 6  # orientation: the camera was turned; show it rotated 90 degrees
+    wide.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").size == (3, 6)
+    transparent = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert np.asarray(to_pil_rgb(transparent)).min() == 255  # laid on white, not black
+    sixteen = Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16))
+    assert sixteen.mode.startswith("I") and np.asarray(to_pil_rgb(sixteen)).min() == 255
+    palette = Image.new("P", (2, 2))
+    palette.info["transparency"] = 0
+    assert to_pil_rgb(palette).mode == "RGB"
+
+
+def test_image_folder_skips_broken_files_and_rejects_empty_folders(tmp_path):
+    Image.new("L", (4, 4), 9).save(tmp_path / "grey.png")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "big.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "big.png").read_bytes()[:60])
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="truncated.png"):
+        paths, images = load_image_folder(tmp_path)
+    assert [p.name for p in paths] == ["big.png", "grey.png"] and all(i.mode == "RGB" for i in images)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no readable images"):
+        load_image_folder(tmp_path / "empty")
+    with pytest.raises(ValueError, match="not a folder"):
+        load_image_folder(tmp_path / "missing")
 
 
 def test_16_bit_images_are_rescaled_not_clipped():

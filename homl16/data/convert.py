@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from homl16.runtime import cache_dir
 
@@ -13,11 +13,17 @@ from homl16.runtime import cache_dir
 def to_pil_rgb(image):
     """Any image (PIL in any mode, or an (H, W) / (H, W, 3|4) array) -> PIL RGB.
 
-    Grey levels are repeated, alpha is dropped, 16-bit and bool arrays are rescaled to 8 bits.
+    PIL images are turned upright by their EXIF orientation and transparent ones are laid on
+    white; grey levels are repeated, an array's alpha is dropped, 16-bit, float and bool images
+    are rescaled to 8 bits.
     """
     if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I", "F"):
+        image = ImageOps.exif_transpose(image)  # camera photos are often stored sideways
+        if image.mode.startswith("I") or image.mode == "F":
             image = np.asarray(image)
+        elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            white = Image.new("RGBA", image.size, "white")
+            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
         else:
             return image.convert("RGB")
     image = np.asarray(image)
@@ -31,6 +37,41 @@ def to_pil_rgb(image):
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise ValueError(f"cannot read an image of shape {image.shape}")
     return Image.fromarray(image[:, :, :3])
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def load_image(path):
+    """Open an image file completely (so a truncated file fails here, not later) -> PIL RGB."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_pil_rgb(image)
+    except (OSError, SyntaxError) as error:  # PIL reports broken files as either
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def load_image_folder(folder):
+    """Every readable image under ``folder`` (recursively, sorted) -> (paths, PIL RGB images).
+
+    Unreadable or truncated files are skipped with a warning naming them.
+    """
+    import warnings
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    paths, images = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            images.append(load_image(path))
+            paths.append(path)
+        except ValueError as error:
+            warnings.warn(f"skipped: {error}", stacklevel=2)
+    if not images:
+        raise ValueError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return paths, images
 
 
 def image_to_tensor(image):

@@ -1,0 +1,82 @@
+"""Execute notebooks headless, one at a time, and measure each one's wall time and peak memory.
+
+    python benchmarks/notebook_times.py                  # every notebook, outputs discarded
+    python benchmarks/notebook_times.py 03 07 --inplace  # some notebooks, outputs stored (as committed)
+
+Prints a Markdown table (notebook, seconds, peak RSS of the kernel in MiB) and writes it to
+benchmarks/notebook_times.md. Run it on a quiet machine: two notebooks at once slow each other down.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+# Runs in a fresh process so that its RUSAGE_CHILDREN covers one notebook's kernel only.
+MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+seconds = time.perf_counter() - start
+peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(done.returncode, round(seconds, 1), peak_kib, flush=True)
+if done.returncode:
+    print(done.stderr[-3000:], file=sys.stderr)
+"""
+
+
+def execute(path, inplace):
+    """(seconds, peak MiB, ok) of one headless execution of the notebook at ``path``."""
+    command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+               "--ExecutePreprocessor.timeout=1200", str(path.name)]
+    command += ["--inplace"] if inplace else ["--output-dir", str(ROOT / "benchmarks" / ".executed")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=path.parent, env=env,
+                            capture_output=True, text=True)
+    if result.returncode or not result.stdout.strip():
+        print(result.stderr[-3000:], file=sys.stderr)
+        return float("nan"), float("nan"), False
+    code, seconds, peak_kib = result.stdout.split()
+    if code != "0":
+        print(result.stderr[-3000:], file=sys.stderr)
+    return float(seconds), int(peak_kib) / 1024, code == "0"
+
+
+def select(prefixes):
+    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
+    if prefixes:
+        paths = [p for p in paths if p.name.startswith(tuple(prefixes))]
+    if not paths:
+        raise SystemExit(f"no notebook in {NOTEBOOKS} starts with {prefixes}")
+    return paths
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prefixes", nargs="*", help="notebook name prefixes, e.g. 03 07 (default: all)")
+    parser.add_argument("--inplace", action="store_true", help="store the executed notebooks' outputs")
+    args = parser.parse_args()
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), "
+             "one notebook at a time.", "", "| notebook | seconds | peak RSS (MiB) |", "|---|---:|---:|"]
+    total = 0.0
+    for path in select(args.prefixes):
+        seconds, peak_mib, ok = execute(path, args.inplace)
+        total += seconds
+        lines.append(f"| {path.name} | {seconds:.0f} | {peak_mib:.0f} |" + ("" if ok else " FAILED"))
+        print(lines[-1], flush=True)
+    lines.append(f"| total | {total:.0f} | |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if not args.prefixes:
+        (ROOT / "benchmarks" / "notebook_times.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
