@@ -103,7 +103,7 @@ def top_k_labels(logits, k=3):
             for row_indices, row_probabilities in zip(indices, probabilities)]
 
 
-def cached_feature_maps(X, stride=32, batch_size=256, device=None):
+def cached_feature_maps(X, stride=32, batch_size=32, device=None):
     """Frozen feature maps of every image in X (N, 3, H, W), computed once and kept on disk under the
     course cache (keyed by the images' bytes and the stride): -> (N, C, H/stride, W/stride) on the CPU."""
     key = f"{zlib.crc32(X.numpy().tobytes()):08x}-{tuple(X.shape)}-s{stride}".replace(" ", "")

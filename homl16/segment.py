@@ -72,3 +72,26 @@ def intersection_over_union(predictions, targets, num_classes):
 def mean_iou(predictions, targets, num_classes):
     """Mean over classes of the IoU (classes absent from both are skipped): (N, H, W) x 2 -> float."""
     return intersection_over_union(predictions, targets, num_classes).nanmean().item()
+
+
+class ViTSegmenter(nn.Module):
+    """Plain-ViT baseline for segmentation: ``homl16.vit.ViT.forward_features``, the class token
+    dropped, the patch tokens reshaped to their grid (one single-scale map), and a ``SegmentationHead``.
+
+    forward(X): (B, in_channels, img_size, img_size) -> logits (B, num_classes, img_size, img_size).
+    ``vit_options`` go to ``ViT`` (its classification head is replaced by an identity).
+    """
+
+    def __init__(self, num_classes, img_size=64, patch_size=4, head_dim=64, **vit_options):
+        from homl16.vit import ViT
+
+        super().__init__()
+        self.vit = ViT(img_size=img_size, patch_size=patch_size, num_classes=1, **vit_options)
+        self.vit.head = nn.Identity()
+        self.grid_size = img_size // patch_size
+        self.head = SegmentationHead([self.vit.cls_token.shape[-1]], num_classes, head_dim)
+
+    def forward(self, X):
+        tokens = self.vit.forward_features(X)[:, 1:]  # (B, N, D), class token dropped
+        grid = tokens.transpose(1, 2).reshape(len(X), -1, self.grid_size, self.grid_size)  # (B, D, h, w)
+        return self.head([grid], image_size=X.shape[-2:])

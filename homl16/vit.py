@@ -70,12 +70,12 @@ class ViT(nn.Module):
         else:
             check_images("X", X, self.in_channels, self.img_size, self.img_size)
         Z = self.patch_embed(X)  # (B, N, D)
-        cls = self.cls_token.expand(Z.shape[0], -1, -1)  # (B, 1, D)
         pos_embed = self.pos_embed
         if interpolate_pos_encoding:
             patch_size = self.patch_embed.patch_size
             pos_embed = self.interpolate_pos_encoding(X.shape[2] // patch_size, X.shape[3] // patch_size)
-        Z = self.pre_norm(self.dropout(torch.cat([cls, Z], dim=1) + pos_embed))  # (B, 1 + N, D)
+        Z = torch.cat([self.prefix_tokens(len(Z)), Z], dim=1)  # (B, 1 + N, D)
+        Z = self.pre_norm(self.dropout(Z + pos_embed))
         maps = []
         for block in self.blocks:
             Z = block(Z, return_attention=return_attention)
@@ -85,16 +85,21 @@ class ViT(nn.Module):
         Z = self.norm(Z)
         return (Z, maps) if return_attention else Z
 
+    def prefix_tokens(self, batch_size):
+        """The learned tokens placed before the patch tokens: the class token, (B, 1, D)."""
+        return self.cls_token.expand(batch_size, -1, -1)
+
     def interpolate_pos_encoding(self, rows, cols):
         """The position embeddings resized (bicubic) to a rows x cols patch grid: (1, 1 + rows * cols, D).
 
         Computes what transformers' ViT does with ``interpolate_pos_encoding=True``, so a model
         trained at one image size also runs on other sizes.
         """
-        side = int((self.pos_embed.shape[1] - 1) ** 0.5)
+        num_prefix = self.prefix_tokens(1).shape[1]
+        side = int((self.pos_embed.shape[1] - num_prefix) ** 0.5)
         if (rows, cols) == (side, side):
             return self.pos_embed
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        cls_pos, patch_pos = self.pos_embed[:, :num_prefix], self.pos_embed[:, num_prefix:]
         patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, side, side)
         patch_pos = F.interpolate(patch_pos, size=(rows, cols), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)

@@ -1,0 +1,130 @@
+"""Bounding boxes as pure functions: conversions, IoU, generalized IoU and mAP@0.5.
+
+Boxes are float tensors (..., 4), either corners (x0, y0, x1, y1) or centre and size (cx, cy, w, h),
+in any unit (pixels, or normalised to [0, 1] as DETR predicts them).
+"""
+
+import numpy as np
+import torch
+
+from homl16.checks import check_tensor
+
+
+def check_boxes(name, boxes):
+    check_tensor(name, boxes)
+    if boxes.dim() < 1 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (..., 4), got {tuple(boxes.shape)}")
+
+
+def cxcywh_to_xyxy(boxes):
+    """(..., 4) centre and size (cx, cy, w, h) -> (..., 4) corners (x0, y0, x1, y1)."""
+    check_boxes("boxes", boxes)
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def xyxy_to_cxcywh(boxes):
+    """(..., 4) corners (x0, y0, x1, y1) -> (..., 4) centre and size (cx, cy, w, h)."""
+    check_boxes("boxes", boxes)
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
+def box_area(boxes):
+    """(..., 4) corner boxes -> (...) areas."""
+    check_boxes("boxes", boxes)
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou(boxes1, boxes2):
+    """Pairwise IoU of corner boxes: (N, 4) x (M, 4) -> (iou (N, M), union (N, M))."""
+    check_boxes("boxes1", boxes1)
+    check_boxes("boxes2", boxes2)
+    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    intersection = (bottom_right - top_left).clamp(min=0).prod(-1)
+    union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - intersection
+    return intersection / union, union
+
+
+def generalized_box_iou(boxes1, boxes2):
+    """Pairwise generalized IoU (Rezatofighi et al., 2019) of corner boxes: (N, 4) x (M, 4) -> (N, M).
+
+    GIoU = IoU - (area of the smallest enclosing box C - union) / area of C, in [-1, 1]: it equals the
+    IoU for nested boxes, 1 for identical ones, and keeps decreasing (below 0) as disjoint boxes move
+    apart, so unlike the IoU it still gives a gradient when the boxes do not overlap.
+    """
+    check_boxes("boxes1", boxes1)
+    check_boxes("boxes2", boxes2)
+    for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
+        if (boxes[:, 2:] < boxes[:, :2]).any():
+            raise ValueError(f"{name} must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0")
+    iou, union = box_iou(boxes1, boxes2)
+    top_left = torch.minimum(boxes1[:, None, :2], boxes2[None, :, :2])
+    bottom_right = torch.maximum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    enclosing = (bottom_right - top_left).clamp(min=0).prod(-1)
+    return iou - (enclosing - union) / enclosing
+
+
+def average_precision(scores, is_true_positive, num_targets):
+    """Area under the precision-recall curve with all-point interpolation (PASCAL VOC 2010+, COCO style).
+
+    scores (D,) and is_true_positive (D,) bool for the detections of one class, num_targets: the number of
+    ground-truth boxes of that class. Precision is made monotone (each point takes the best precision at
+    any higher recall), then summed over the recall steps. Returns a float in [0, 1].
+    """
+    if num_targets == 0:
+        raise ValueError("average precision is undefined for a class with no ground-truth boxes")
+    scores = np.asarray(scores, dtype=float)
+    hits = np.asarray(is_true_positive, dtype=float)
+    if scores.shape != hits.shape:
+        raise ValueError(f"scores {scores.shape} and is_true_positive {hits.shape} differ")
+    order = np.argsort(-scores, kind="stable")
+    true_positives = np.cumsum(hits[order])
+    recall = np.concatenate([[0.0], true_positives / num_targets])
+    precision = np.concatenate([[1.0], true_positives / np.arange(1, len(scores) + 1)])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # monotone envelope
+    return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
+
+
+def mean_average_precision(predictions, targets, iou_threshold=0.5):
+    """mAP@iou_threshold over a set of images (PASCAL VOC protocol with all-point interpolation).
+
+    predictions: per image a dict with boxes (D, 4) corners, scores (D,), labels (D,);
+    targets: per image a dict with boxes (T, 4) corners, labels (T,). Per class, detections of all
+    images are ranked by score; each one is a true positive if its best-overlapping unclaimed
+    ground-truth box of the same class in its image has IoU >= threshold (each ground truth can be
+    claimed once, so duplicates count as false positives). AP per class, averaged over the classes
+    that have ground truth. Returns {"map": float, "ap_per_class": {class id: AP}}.
+    """
+    if len(predictions) != len(targets):
+        raise ValueError(f"got {len(predictions)} predictions but {len(targets)} targets")
+    if len(targets) == 0:
+        raise ValueError("mean_average_precision needs at least one image")
+    classes = sorted({int(c) for t in targets for c in t["labels"]})
+    if not classes:
+        raise ValueError("the targets hold no ground-truth boxes")
+    ap_per_class = {}
+    for c in classes:
+        scores, hits, num_targets = [], [], 0
+        for prediction, target in zip(predictions, targets):
+            gt = target["boxes"][target["labels"] == c].float()
+            num_targets += len(gt)
+            keep = prediction["labels"] == c
+            boxes, box_scores = prediction["boxes"][keep].float(), prediction["scores"][keep].float()
+            if len(boxes) == 0:
+                continue
+            order = box_scores.argsort(descending=True, stable=True)
+            boxes, box_scores = boxes[order], box_scores[order]
+            claimed = torch.zeros(len(gt), dtype=torch.bool)
+            ious = box_iou(boxes, gt)[0] if len(gt) else torch.zeros(len(boxes), 0)
+            for i in range(len(boxes)):
+                candidates = ious[i].masked_fill(claimed, -1.0)
+                best = int(candidates.argmax()) if len(gt) else -1
+                hit = best >= 0 and candidates[best] >= iou_threshold
+                if hit:
+                    claimed[best] = True
+                hits.append(hit)
+            scores.extend(box_scores.tolist())
+        ap_per_class[c] = average_precision(scores, hits, num_targets)
+    return {"map": float(np.mean(list(ap_per_class.values()))), "ap_per_class": ap_per_class}

@@ -1,0 +1,124 @@
+"""How the cost of attention grows with the image: score counts and measured block times.
+
+Three kinds of attention over an H x W grid of N = H * W patch tokens:
+
+- ``"global"`` (ViT): every token attends to every token, N² scores;
+- ``"sra"`` (PVT's spatial-reduction attention): keys and values come from the grid shrunk by
+  ``sr_ratio`` R on each side, N * (H / R) * (W / R) = N² / R² scores: still quadratic;
+- ``"window"`` (Swin): every token attends to the w² tokens of its window, N * w² scores: linear.
+
+Doubling the image side multiplies N by 4, so the scores by 16 (global, SRA) or by 4 (windows).
+``measure_cost_growth`` times real blocks (``homl16.transformer.EncoderBlock``,
+``homl16.pvt.PVTBlock``, ``homl16.swin.SwinBlock``) to check it; the benchmarks reuse it.
+"""
+
+import math
+import statistics
+import time
+
+import torch
+
+KINDS = ("global", "sra", "window")
+BLOCK_NAMES = {"global": "ViT block (global)", "sra": "PVT block (SRA)", "window": "Swin block (windows)"}
+
+
+def grid_shape(grid):
+    """An int side or an (H, W) pair -> (H, W), checked positive."""
+    H, W = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if H < 1 or W < 1:
+        raise ValueError(f"grid sides must be positive, got {(H, W)}")
+    return H, W
+
+
+def attention_scores(kind, grid, window_size=7, sr_ratio=8):
+    """Number of query-key scores one attention head computes for one image on a ``grid`` of tokens.
+
+    kind: "global", "sra" or "window"; grid: side or (H, W). E.g. a 28 x 28 grid:
+    global 784² = 614,656; window (7 x 7) 784 x 49 = 38,416.
+    """
+    H, W = grid_shape(grid)
+    N = H * W
+    if kind == "global":
+        return N * N
+    if kind == "sra":
+        return N * math.ceil(H / sr_ratio) * math.ceil(W / sr_ratio)
+    if kind == "window":
+        if H % window_size or W % window_size:
+            raise ValueError(f"grid {(H, W)} must be divisible by window_size={window_size}")
+        return N * window_size ** 2
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def make_block(kind, embed_dim=64, num_heads=2, window_size=7, sr_ratio=8, mlp_ratio=4):
+    """A randomly initialised block of each kind, in eval mode, and how to call it:
+    -> (block, call) with call(block, x, grid_size) running its forward on x (B, H * W, D)."""
+    ff_dim = embed_dim * mlp_ratio
+    if kind == "global":
+        from homl16.transformer import EncoderBlock
+
+        return EncoderBlock(embed_dim, num_heads, ff_dim).eval(), lambda block, x, grid: block(x)
+    if kind == "sra":
+        from homl16.pvt import PVTBlock  # lazily: PVT is a sibling topic
+
+        return PVTBlock(embed_dim, num_heads, ff_dim, sr_ratio).eval(), lambda block, x, grid: block(x, grid)
+    if kind == "window":
+        from homl16.swin import SwinBlock
+
+        block = SwinBlock(embed_dim, num_heads, window_size, shift_size=window_size // 2, mlp_ratio=mlp_ratio)
+        return block.eval(), lambda block, x, grid: block(x, grid)
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+@torch.no_grad()
+def time_block(block, x, *args, repeats=3, warmup=1, call=None):
+    """Median wall time in seconds of ``block(x, *args)`` (or ``call(block, x, *args)``) over
+    ``repeats`` runs after ``warmup`` untimed ones, without gradients."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    call = call or (lambda block, x, *args: block(x, *args))
+    for _ in range(warmup):
+        call(block, x, *args)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(block, x, *args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_cost_growth(image_sides, patch_size=4, kinds=KINDS, embed_dim=64, num_heads=2, window_size=7,
+                        sr_ratio=8, batch_size=1, repeats=3, max_seconds=None, seed=0):
+    """Time one block of each kind on images of each side (forward pass, batch of ``batch_size``).
+
+    -> list of dict rows {kind, image_side, grid, tokens, scores, seconds}; scores per head and image.
+    A kind stops growing once one of its measurements takes more than ``max_seconds``.
+    """
+    rows = []
+    for kind in kinds:
+        torch.manual_seed(seed)
+        block, call = make_block(kind, embed_dim, num_heads, window_size, sr_ratio)
+        for side in image_sides:
+            if side % patch_size:
+                raise ValueError(f"image side {side} must be divisible by patch_size={patch_size}")
+            grid = (side // patch_size, side // patch_size)
+            x = torch.randn(batch_size, grid[0] * grid[1], embed_dim)
+            seconds = time_block(block, x, grid, repeats=repeats, call=call)
+            rows.append({"kind": kind, "image_side": side, "grid": grid, "tokens": grid[0] * grid[1],
+                         "scores": attention_scores(kind, grid, window_size, sr_ratio), "seconds": seconds})
+            if max_seconds is not None and seconds > max_seconds:
+                break
+    return rows
+
+
+def growth_per_doubling(rows, kind, key="seconds", last=True):
+    """Factor by which ``key`` grows when the image side doubles, for one kind of ``rows``
+    (as returned by ``measure_cost_growth``, sides doubling): the last doubling's factor (the
+    largest images, where attention dominates), or with ``last=False`` the geometric mean over all."""
+    rows = sorted((row for row in rows if row["kind"] == kind), key=lambda row: row["image_side"])
+    values = [row[key] for row in rows]
+    if len(values) < 2:
+        raise ValueError(f"need at least two sizes of {kind!r} to measure a growth, got {len(values)}")
+    if any(b["image_side"] != 2 * a["image_side"] for a, b in zip(rows, rows[1:])):
+        raise ValueError(f"the image sides must double, got {[row['image_side'] for row in rows]}")
+    ratios = [b / a for a, b in zip(values, values[1:])]
+    return ratios[-1] if last else math.prod(ratios) ** (1 / len(ratios))
