@@ -29,3 +29,11 @@ def check_images(name, x, channels, height=None, width=None):
 def check_divisible(name, size, divisor, divisor_name):
     if size % divisor != 0:
         raise ValueError(f"{name}={size} must be divisible by {divisor_name}={divisor}")
+
+
+def check_paired_shapes(pairs, model_name):
+    """Raise unless each (course tensor, transformers tensor) pair has one shape (before copying weights)."""
+    for ours, theirs in pairs:
+        if ours.shape != theirs.shape:
+            raise ValueError(f"sizes differ: {tuple(ours.shape)} in the course's {model_name} "
+                             f"vs {tuple(theirs.shape)} in transformers'")

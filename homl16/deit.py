@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_rank
+from homl16.checks import check_paired_shapes, check_rank
 from homl16.vit import ViT, copy_weights_from_hf, copy_weights_to_hf, hf_vit_config, paired_parameters
 
 INFERENCE_HEADS = ("average", "class", "distillation")
@@ -160,10 +160,7 @@ def distillation_pairs(deit, hf_model):
     heads = ((deit.head, hf_model.cls_classifier), (deit.head_dist, hf_model.distillation_classifier))
     for ours, theirs in heads:
         pairs += [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]
-    for ours, theirs in pairs:
-        if ours.shape != theirs.shape:
-            raise ValueError(f"sizes differ: {tuple(ours.shape)} in the course's DeiT "
-                             f"vs {tuple(theirs.shape)} in transformers'")
+    check_paired_shapes(pairs, "DeiT")
     return pairs
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_images, check_rank
+from homl16.checks import check_images, check_paired_shapes, check_rank
 from homl16.transformer import MLP, MultiHeadAttention
 
 
@@ -269,10 +269,7 @@ def paired_parameters(pvt, hf_model):
         pairs += _module_pairs(stage.norm, layer.layer_norm)
         for block, hf_layer in zip(stage.blocks, layer.blocks):
             pairs += block_parameter_pairs(block, hf_layer)
-    for ours, theirs in pairs:
-        if ours.shape != theirs.shape:
-            raise ValueError(f"sizes differ: {tuple(ours.shape)} in the course's PVT "
-                             f"vs {tuple(theirs.shape)} in transformers'")
+    check_paired_shapes(pairs, "PVT")
     return pairs
 
 
@@ -289,9 +286,8 @@ def copy_weights_from_hf(module, hf_module):
         pairs = attention_parameter_pairs(module, hf_module)
     else:
         raise ValueError(f"cannot copy transformers weights into a {type(module).__name__}")
+    check_paired_shapes(pairs, type(module).__name__)
     for ours, theirs in pairs:
-        if ours.shape != theirs.shape:
-            raise ValueError(f"sizes differ: {tuple(ours.shape)} vs {tuple(theirs.shape)}")
         ours.copy_(theirs)
     return module
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_images
+from homl16.checks import check_divisible, check_images, check_paired_shapes
 from homl16.transformer import EncoderBlock
 
 
@@ -136,10 +136,7 @@ def paired_parameters(vit, hf_model):
         modules.append((vit.head, hf_model.classifier))
     for ours, theirs in modules:
         pairs += [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]
-    for ours, theirs in pairs:
-        if ours.shape != theirs.shape:
-            raise ValueError(f"sizes differ: {tuple(ours.shape)} in the course's ViT "
-                             f"vs {tuple(theirs.shape)} in transformers'")
+    check_paired_shapes(pairs, "ViT")
     return pairs
 
 
