@@ -26,6 +26,15 @@ def check_images(name, x, channels, height=None, width=None):
         raise ValueError(f"{name} must be {height}x{width} images, got {x.shape[2]}x{x.shape[3]}")
 
 
+def check_grid_tokens(name, x, grid_size):
+    """Raise unless ``x`` is (batch, H * W tokens, dim) for ``grid_size`` = (H, W)."""
+    check_rank(name, x, 3, "(batch, tokens, embed_dim)")
+    height, width = grid_size
+    if x.shape[1] != height * width:
+        raise ValueError(f"{name} has {x.shape[1]} tokens but grid_size {tuple(grid_size)} "
+                         f"holds {height * width}")
+
+
 def check_divisible(name, size, divisor, divisor_name):
     if size % divisor != 0:
         raise ValueError(f"{name}={size} must be divisible by {divisor_name}={divisor}")

@@ -20,18 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_images, check_paired_shapes, check_rank
+from homl16.checks import check_grid_tokens, check_images, check_paired_shapes
 from homl16.transformer import MLP, MultiHeadAttention
 
 
 def tokens_to_grid(x, grid_size):
     """(B, N, D) tokens -> (B, D, H, W) feature map, for grid_size = (H, W) with N = H * W."""
-    check_rank("x", x, 3, "(batch, tokens, embed_dim)")
-    height, width = grid_size
-    if x.shape[1] != height * width:
-        raise ValueError(f"x has {x.shape[1]} tokens but grid_size {tuple(grid_size)} "
-                         f"holds {height * width}")
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+    check_grid_tokens("x", x, grid_size)
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid_size)
 
 
 def grid_to_tokens(x):

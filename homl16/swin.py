@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_images, check_rank
+from homl16.checks import check_divisible, check_grid_tokens, check_images, check_rank
 from homl16.segment import SegmentationHead
 from homl16.transformer import MLP
 from homl16.vit import PatchEmbedding
@@ -158,11 +158,9 @@ class SwinBlock(nn.Module):
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio))
 
     def forward(self, x, grid_size):
-        check_rank("x", x, 3, "(batch, tokens, embed_dim)")
+        check_grid_tokens("x", x, grid_size)
         H, W = grid_size
         B, L, D = x.shape
-        if L != H * W:
-            raise ValueError(f"x has {L} tokens but grid_size {tuple(grid_size)} holds {H * W}")
         w = self.window_size
         shift = self.shift_size if min(H, W) > w else 0
         grid = self.norm1(x).view(B, H, W, D)
@@ -192,11 +190,9 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * embed_dim, 2 * embed_dim, bias=False)
 
     def forward(self, x, grid_size):
-        check_rank("x", x, 3, "(batch, tokens, embed_dim)")
+        check_grid_tokens("x", x, grid_size)
         H, W = grid_size
         B, L, D = x.shape
-        if L != H * W:
-            raise ValueError(f"x has {L} tokens but grid_size {tuple(grid_size)} holds {H * W}")
         check_divisible("grid height", H, 2, "2")
         check_divisible("grid width", W, 2, "2")
         grid = x.view(B, H, W, D)
