@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from homl16.checks import check_paired_shapes, check_rank
-from homl16.vit import ViT, copy_weights_from_hf, copy_weights_to_hf, hf_vit_config, paired_parameters
+from homl16.vit import ViT, copy_weights_from_hf, copy_weights_to_hf, hf_vit_config
 
 INFERENCE_HEADS = ("average", "class", "distillation")
 
@@ -162,13 +162,6 @@ def distillation_pairs(deit, hf_model):
         pairs += [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]
     check_paired_shapes(pairs, "DeiT")
     return pairs
-
-
-def paired_deit_parameters(deit, hf_model):
-    """All (course, transformers) tensor pairs of ``deit`` and a ``DeiTForImageClassificationWithTeacher``:
-    the ViT's (``homl16.vit.paired_parameters``; position embeddings now cover N + 2 tokens) plus
-    ``distillation_pairs``."""
-    return paired_parameters(deit, hf_model.deit) + distillation_pairs(deit, hf_model)
 
 
 @torch.no_grad()
