@@ -19,26 +19,34 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 # Runs in a fresh process so that its RUSAGE_CHILDREN covers one notebook's kernel only.
+# nbclient alone (no nbconvert) so that the script also runs where only the kernel stack is installed.
 MEASURE = """
-import resource, subprocess, sys, time
+import resource, sys, time
+import nbformat
+from nbclient import NotebookClient
+path, inplace = sys.argv[1], sys.argv[2] == "1"
+notebook = nbformat.read(path, as_version=4)
 start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+try:
+    NotebookClient(notebook, timeout=1200, kernel_name="python3",
+                   resources={"metadata": {"path": "."}}).execute()
+    ok = True
+except Exception as error:
+    print(str(error)[-3000:], file=sys.stderr)
+    ok = False
 seconds = time.perf_counter() - start
 peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(done.returncode, round(seconds, 1), peak_kib, flush=True)
-if done.returncode:
-    print(done.stderr[-3000:], file=sys.stderr)
+if inplace and ok:
+    nbformat.write(notebook, path)
+print(int(not ok), round(seconds, 1), peak_kib, flush=True)
 """
 
 
 def execute(path, inplace):
     """(seconds, peak MiB, ok) of one headless execution of the notebook at ``path``."""
-    command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-               "--ExecutePreprocessor.timeout=1200", str(path.name)]
-    command += ["--inplace"] if inplace else ["--output-dir", str(ROOT / "benchmarks" / ".executed")]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=path.parent, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", MEASURE, path.name, "1" if inplace else "0"],
+                            cwd=path.parent, env=env, capture_output=True, text=True)
     if result.returncode or not result.stdout.strip():
         print(result.stderr[-3000:], file=sys.stderr)
         return float("nan"), float("nan"), False
@@ -46,6 +54,12 @@ def execute(path, inplace):
     if code != "0":
         print(result.stderr[-3000:], file=sys.stderr)
     return float(seconds), int(peak_kib) / 1024, code == "0"
+
+
+def device_name():
+    import torch
+
+    return f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
 
 
 def select(prefixes):
@@ -62,9 +76,11 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prefixes", nargs="*", help="notebook name prefixes, e.g. 03 07 (default: all)")
     parser.add_argument("--inplace", action="store_true", help="store the executed notebooks' outputs")
+    parser.add_argument("--table", type=Path, help="where to write the table (default: "
+                        "benchmarks/notebook_times.md, when every notebook runs)")
     args = parser.parse_args()
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), "
-             "one notebook at a time.", "", "| notebook | seconds | peak RSS (MiB) |", "|---|---:|---:|"]
+             f"{device_name()}, one notebook at a time.", "", "| notebook | seconds | peak RSS (MiB) |", "|---|---:|---:|"]
     total = 0.0
     for path in select(args.prefixes):
         seconds, peak_mib, ok = execute(path, args.inplace)
@@ -74,8 +90,8 @@ def main():
     lines.append(f"| total | {total:.0f} | |")
     table = "\n".join(lines) + "\n"
     print(table)
-    if not args.prefixes:
-        (ROOT / "benchmarks" / "notebook_times.md").write_text(table)
+    if args.table or not args.prefixes:
+        (args.table or ROOT / "benchmarks" / "notebook_times.md").write_text(table)
 
 
 if __name__ == "__main__":

@@ -15,3 +15,14 @@ def test_compared_blocks_compute_outputs_of_the_same_shape(pair):
     name, x, ours, theirs = pair("cpu")
     with torch.no_grad():
         assert ours(x[:2]).shape == theirs(x[:2]).shape, name
+
+
+def test_gpu_benchmark_compares_vits_of_the_same_size():
+    import gpu_vit_throughput
+
+    course = gpu_vit_throughput.course_vit()
+    forward, library = gpu_vit_throughput.transformers_vit("sdpa")
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(course) == count(library) == 86_567_656  # ViT-B/16 with a 1,000-class head
+    with torch.no_grad():
+        assert course(torch.randn(1, 3, 224, 224)).shape == forward(torch.randn(1, 3, 224, 224)).shape
