@@ -71,10 +71,7 @@ def images_per_second(build, batch_size, steps, warmup, fused=False, compile=Fal
         step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    del model, optimizer, forward
-    torch.cuda.empty_cache()
-    return batch_size * steps / seconds, peak
+    return batch_size * steps / seconds, torch.cuda.max_memory_allocated() / 2**30
 
 
 def rows():
@@ -103,6 +100,7 @@ def main():
     for name, build, batch_size, fused, compile in rows():
         try:
             speed, peak = images_per_second(build, batch_size, args.steps, args.warmup, fused, compile)
+            torch.cuda.empty_cache()  # the model and its optimizer are gone with the call
         except ImportError as error:
             print(f"| {name} | skipped: {error} |||||")
             continue

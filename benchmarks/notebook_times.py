@@ -80,7 +80,8 @@ def main():
                         "benchmarks/notebook_times.md, when every notebook runs)")
     args = parser.parse_args()
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), "
-             f"{device_name()}, one notebook at a time.", "", "| notebook | seconds | peak RSS (MiB) |", "|---|---:|---:|"]
+             f"{device_name()}, one notebook at a time.", "",
+             "| notebook | seconds | peak RSS (MiB) |", "|---|---:|---:|"]
     total = 0.0
     for path in select(args.prefixes):
         seconds, peak_mib, ok = execute(path, args.inplace)

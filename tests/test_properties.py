@@ -62,7 +62,8 @@ def test_cosine_schedule_starts_and_ends_where_asked(start, end, steps, data):
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 5), st.integers(1, 3),
        st.integers(0, 2**31 - 1))
 def test_window_partition_then_reverse_gives_back_the_grid(batch, rows, cols, window, channels, seed):
-    x = torch.randn(batch, rows * window, cols * window, channels, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, rows * window, cols * window, channels, generator=generator)
     windows = window_partition(x, window)
     assert windows.shape == (batch * rows * cols, window, window, channels)
     assert torch.equal(window_reverse(windows, (rows * window, cols * window)), x)
