@@ -14,15 +14,20 @@ import torch
 from homl16.plot import overlay_attention
 
 
+def figure_png(figure):
+    """The PNG bytes of a matplotlib figure, which is then closed (works under every backend)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 class WithStaticFallback:
     """Displays as ``widget`` where widgets render, and as the PNG of ``figure`` elsewhere."""
 
     def __init__(self, widget, figure):
         self.widget = widget
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", bbox_inches="tight")
-        plt.close(figure)
-        self.png = base64.b64encode(buffer.getvalue()).decode("ascii")
+        self.png = base64.b64encode(figure_png(figure)).decode("ascii")
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude)
@@ -58,6 +63,7 @@ def attention_explorer(images, maps, titles=None):
     Without a widget frontend it shows every head of the last layer for the first image.
     """
     import ipywidgets as widgets
+    from IPython.display import Image, display
 
     maps = check_maps(images, maps)
     titles = list(titles) if titles is not None else [f"image {i}" for i in range(len(images))]
@@ -72,14 +78,14 @@ def attention_explorer(images, maps, titles=None):
     def show(image, layer, head):
         layer_maps = maps[image, layer - 1]
         if head == 0:
-            draw_heads(images[image], layer_maps, titles[image])
+            fig = draw_heads(images[image], layer_maps, titles[image])
         else:
             fig, axes = plt.subplots(1, 2, figsize=(3.2, 1.7))
             overlay_attention(images[image], torch.zeros(layer_maps.shape[1:]), ax=axes[0], alpha=0,
                               title=titles[image])
             overlay_attention(images[image], layer_maps[head - 1], ax=axes[1],
                               title=f"layer {layer}, head {head}")
-        plt.show()
+        display(Image(figure_png(fig)))  # not plt.show(): it shows nothing under MPLBACKEND=Agg
 
     output = widgets.interactive_output(show, {"image": image, "layer": layer, "head": head})
     explorer = widgets.VBox([widgets.HBox([image, layer, head]), output])
