@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from homl16.finetune import device_recipe, finetune_arguments, image_collator, load_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_collator_turns_rows_of_any_image_mode_into_a_batch():
+    model, processor, pretrained = load_classifier("vit", ["a", "b", "c"])
+    assert not pretrained and model.config.num_labels == 3  # offline: the small stand-in with a new head
+    rows = [{"image": Image.new(mode, (40, 30)), "label": i} for i, mode in enumerate(["RGB", "L", "RGBA"])]
+    batch = image_collator(processor)(rows)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["labels"].tolist() == [0, 1, 2]
+    assert model(**batch).logits.shape == (3, 3)
+    with pytest.raises(ValueError, match="unknown classifier"):
+        load_classifier("resnet", ["a", "b"])
+
+
+def test_classifier_head_is_reproducible_for_a_seed():
+    first, _, _ = load_classifier("deit", ["a", "b"], seed=3)
+    again, _, _ = load_classifier("deit", ["a", "b"], seed=3)
+    assert torch.equal(first.classifier.weight, again.classifier.weight)
+
+
+def test_arguments_follow_the_device_and_the_starting_point(tmp_path):
+    assert device_recipe() == {"use_cpu": True}  # no GPU in CI: the setting that lets torchrun form a group
+    assert finetune_arguments(tmp_path, pretrained=True, epochs=1).learning_rate == 5e-5
+    assert finetune_arguments(tmp_path, pretrained=False, epochs=1).learning_rate == 5e-4
+    with pytest.raises(ValueError, match="positive"):
+        finetune_arguments(tmp_path, pretrained=True, epochs=0)
+
+
+def test_finetune_script_trains_with_two_processes_under_torchrun(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(ROOT / "scripts" / "finetune.py"), "--epochs", "1", "--max-train-examples", "64",
+               "--max-test-examples", "32", "--per-device-batch-size", "8", "--output-dir", str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 64 examples, 8 per process and step, 2 processes: 4 steps (one process alone would take 8)
+    assert "2 process(es) on cpu: 4 optimizer steps" in done.stdout
+    assert (tmp_path / "final" / "config.json").exists()
