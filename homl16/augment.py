@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from homl16.checks import check_rank
+from homl16.checks import check_images, check_interval, check_positive, check_probability, check_rank
 
 
 def random_shift(X, max_shift=2, generator=None):
@@ -14,6 +14,8 @@ def random_shift(X, max_shift=2, generator=None):
     X: (B, C, H, W) -> (B, C, H, W); pixels shifted in from outside are zero.
     """
     check_rank("X", X, 4, "(batch, channels, height, width)")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift must be a non-negative int, got {max_shift!r}")
     B, _, H, W = X.shape
     shifts = torch.randint(-max_shift, max_shift + 1, (B, 2), generator=generator).to(X.device)
     padded = F.pad(X, [max_shift] * 4)
@@ -30,6 +32,7 @@ def uniform(low, high, size, generator=None, device="cpu"):
 
 def chance(p, size, generator=None, device="cpu"):
     """A (size,) boolean tensor, each entry True with probability ``p``."""
+    check_probability("p", p)
     return (torch.rand(size, generator=generator) < p).to(device)
 
 
@@ -41,8 +44,9 @@ def random_resized_crop(X, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), genera
     X: (B, C, H, W) -> (B, C, size, size).
     """
     check_rank("X", X, 4, "(batch, channels, height, width)")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
+    check_positive("size", size, integer=True)
+    check_interval("scale", scale, high=1)
+    check_interval("ratio", ratio)
     B = X.shape[0]
     area = uniform(*scale, B, generator)
     log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]), B, generator)
@@ -67,6 +71,9 @@ def random_horizontal_flip(X, p=0.5, generator=None):
 
 def grayscale(X):
     """Luma (ITU-R 601) of RGB images: (B, 3, H, W) -> (B, 1, H, W); grey images pass through."""
+    check_rank("X", X, 4, "(batch, channels, height, width)")
+    if X.shape[1] not in (1, 3):
+        raise ValueError(f"X must have 1 or 3 channels, got {X.shape[1]} (shape {tuple(X.shape)})")
     if X.shape[1] == 1:
         return X
     weights = torch.tensor([0.299, 0.587, 0.114], device=X.device, dtype=X.dtype)
@@ -88,6 +95,11 @@ def color_jitter(X, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8
     only get brightness and contrast.
     """
     check_rank("X", X, 4, "(batch, channels, height, width)")
+    for name, strength in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        if not 0 <= strength <= 1:
+            raise ValueError(f"{name} must be in [0, 1] (factors drawn from [1 - s, 1 + s]), got {strength}")
+    if not 0 <= hue <= 0.5:
+        raise ValueError(f"hue must be in [0, 0.5] turns of the colour wheel, got {hue}")
     B, device = X.shape[0], X.device
 
     def factor(strength):
@@ -109,6 +121,10 @@ RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.21
 
 def rotate_hue(X, angles):
     """Rotate the hue of RGB images (B, 3, H, W) by ``angles`` (B,) radians, in the YIQ colour space."""
+    check_images("X", X, 3)
+    check_rank("angles", angles, 1, "(batch,)")
+    if len(angles) != len(X):
+        raise ValueError(f"got {len(angles)} angles for a batch of {len(X)} images")
     to_yiq = RGB_TO_YIQ.to(X.device, X.dtype)
     cos, sin = angles.cos(), angles.sin()
     rotation = torch.zeros(len(angles), 3, 3, device=X.device, dtype=X.dtype)
@@ -124,6 +140,7 @@ def gaussian_blur(X, sigma=(0.1, 2.0), p=0.5, generator=None):
     X: (B, C, H, W) -> (B, C, H, W); borders are reflected.
     """
     check_rank("X", X, 4, "(batch, channels, height, width)")
+    check_interval("sigma", sigma)
     B, C, H, W = X.shape
     sigmas = uniform(*sigma, B, generator, X.device)
     radius = min(math.ceil(2 * sigma[1]), (min(H, W) - 1) // 2)

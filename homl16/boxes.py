@@ -7,11 +7,14 @@ in any unit (pixels, or normalised to [0, 1] as DETR predicts them).
 import numpy as np
 import torch
 
-from homl16.checks import check_tensor
+from homl16.checks import check_probability, check_tensor
 
 
-def check_boxes(name, boxes):
+def check_boxes(name, boxes, listed=False):
+    """Raise unless ``boxes`` is (..., 4), or (N, 4) when ``listed``."""
     check_tensor(name, boxes)
+    if listed and (boxes.dim() != 2 or boxes.shape[-1] != 4):
+        raise ValueError(f"{name} must have shape (N, 4), got {tuple(boxes.shape)}")
     if boxes.dim() < 1 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must have shape (..., 4), got {tuple(boxes.shape)}")
 
@@ -38,8 +41,8 @@ def box_area(boxes):
 
 def box_iou(boxes1, boxes2):
     """Pairwise IoU of corner boxes: (N, 4) x (M, 4) -> (iou (N, M), union (N, M))."""
-    check_boxes("boxes1", boxes1)
-    check_boxes("boxes2", boxes2)
+    check_boxes("boxes1", boxes1, listed=True)
+    check_boxes("boxes2", boxes2, listed=True)
     top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
     bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
     intersection = (bottom_right - top_left).clamp(min=0).prod(-1)
@@ -54,8 +57,8 @@ def generalized_box_iou(boxes1, boxes2):
     IoU for nested boxes, 1 for identical ones, and keeps decreasing (below 0) as disjoint boxes move
     apart, so unlike the IoU it still gives a gradient when the boxes do not overlap.
     """
-    check_boxes("boxes1", boxes1)
-    check_boxes("boxes2", boxes2)
+    check_boxes("boxes1", boxes1, listed=True)
+    check_boxes("boxes2", boxes2, listed=True)
     for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
         if (boxes[:, 2:] < boxes[:, :2]).any():
             raise ValueError(f"{name} must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0")
@@ -75,10 +78,15 @@ def average_precision(scores, is_true_positive, num_targets):
     """
     if num_targets == 0:
         raise ValueError("average precision is undefined for a class with no ground-truth boxes")
+    if num_targets < 0:
+        raise ValueError(f"num_targets must be positive, got {num_targets}")
     scores = np.asarray(scores, dtype=float)
     hits = np.asarray(is_true_positive, dtype=float)
-    if scores.shape != hits.shape:
-        raise ValueError(f"scores {scores.shape} and is_true_positive {hits.shape} differ")
+    if scores.ndim != 1 or scores.shape != hits.shape:
+        raise ValueError(f"scores {scores.shape} and is_true_positive {hits.shape} must be (D,) vectors "
+                         f"of one length")
+    if hits.sum() > num_targets:
+        raise ValueError(f"{int(hits.sum())} true positives but only num_targets={num_targets} boxes")
     order = np.argsort(-scores, kind="stable")
     true_positives = np.cumsum(hits[order])
     recall = np.concatenate([[0.0], true_positives / num_targets])
@@ -99,6 +107,7 @@ def mean_average_precision(predictions, targets, iou_threshold=0.5):
     """
     if len(predictions) != len(targets):
         raise ValueError(f"got {len(predictions)} predictions but {len(targets)} targets")
+    check_probability("iou_threshold", iou_threshold)
     if len(targets) == 0:
         raise ValueError("mean_average_precision needs at least one image")
     classes = sorted({int(c) for t in targets for c in t["labels"]})

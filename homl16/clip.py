@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from homl16.checks import check_rank, check_tensor
+from homl16.checks import (
+    check_ids,
+    check_positive,
+    check_probability,
+    check_rank,
+    check_strings,
+    check_tensor,
+)
 from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld, relation
 from homl16.runtime import get_device
 from homl16.train import predict, tensor_batches
@@ -48,6 +55,7 @@ def clip_loss(image_embeds, text_embeds, logit_scale):
     if image_embeds.shape != text_embeds.shape:
         raise ValueError(f"image_embeds and text_embeds shapes differ: {tuple(image_embeds.shape)} "
                          f"vs {tuple(text_embeds.shape)}")
+    check_tensor("logit_scale", logit_scale)
     image_embeds = F.normalize(image_embeds, dim=-1)
     text_embeds = F.normalize(text_embeds, dim=-1)
     logits = image_embeds @ text_embeds.T * logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (B, B)
@@ -76,6 +84,7 @@ class ImageEncoder(nn.Module):
 
 def causal_mask(length, device=None):
     """(L, L) boolean mask, True where token i may attend to token j (j <= i)."""
+    check_positive("length", length, integer=True)
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
@@ -103,6 +112,7 @@ class TextEncoder(nn.Module):
         length = input_ids.shape[1]
         if length > self.max_length:
             raise ValueError(f"input_ids has {length} tokens, more than max_length={self.max_length}")
+        check_ids("input_ids", input_ids, self.token_embed.num_embeddings)
         is_eos = input_ids == self.eos_token_id
         if not is_eos.any(dim=1).all():
             raise ValueError(f"every row of input_ids needs an end-of-text token (id {self.eos_token_id})")
@@ -155,6 +165,10 @@ def object_phrase(obj, rng, keep=(0.5, 0.25), generic=0.1):
     The colour is named least often on purpose: it is the easiest cue, and if every caption
     named it, it alone would tell most pairs of a batch apart, leaving shapes little to learn from.
     """
+    if len(keep) != 2:
+        raise ValueError(f"keep must be a pair (p_size, p_colour), got {keep!r}")
+    for name, p in (("keep[0]", keep[0]), ("keep[1]", keep[1]), ("generic", generic)):
+        check_probability(name, p)
     words = [w for w, p in zip((obj.size, obj.colour), keep) if rng.random() < p]
     noun = "shape" if obj.colour in words and rng.random() < generic else obj.shape
     return " ".join(["a", *words, noun])
@@ -175,9 +189,7 @@ def train_caption_tokenizer(captions, vocab_size=400):
     """A CLIP tokenizer (byte-level BPE, ``</w>`` word ends) trained on ``captions`` with `tokenizers`."""
     from transformers import CLIPTokenizer
 
-    captions = list(captions)
-    if not captions:
-        raise ValueError("captions is empty: the tokenizer needs text to learn from")
+    captions = check_strings("captions", captions)
     trained = CLIPTokenizer().train_new_from_iterator(captions, vocab_size=vocab_size)
     # The BPE trainer breaks ties between equally frequent pairs in hash order, so its token ids
     # change from run to run: renumber them in a fixed order (special tokens first, then by length
@@ -192,9 +204,8 @@ def train_caption_tokenizer(captions, vocab_size=400):
 
 def tokenize(tokenizer, texts, max_length=32):
     """Token ids (N, L) of ``texts``, padded to the longest (at most ``max_length`` tokens)."""
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts is empty")
+    texts = check_strings("texts", texts)
+    check_positive("max_length", max_length, integer=True)
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return encoded["input_ids"]
 
@@ -203,7 +214,12 @@ def tokenize(tokenizer, texts, max_length=32):
 
 def images_to_tensor(images):
     """uint8 images (N, H, W, 3) -> float (N, 3, H, W) scaled to [-1, 1] (mean 0.5, std 0.5)."""
-    X = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    if len(images) == 0:
+        raise ValueError("images is empty")
+    images = np.stack(images)
+    if images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"images must be (N, H, W, 3) RGB arrays, got shape {images.shape}")
+    X = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     return (X - 0.5) / 0.5
 
 
@@ -317,7 +333,7 @@ def zero_shot_classify(model, tokenizer, X, class_names, template=PROMPT_TEMPLAT
     embedded, and each image's cosine similarities to them, times the learned scale, go
     through a softmax.
     """
-    class_names = list(class_names)
+    class_names = check_strings("class_names", class_names)
     if len(class_names) < 2:
         raise ValueError(f"class_names needs at least 2 classes, got {class_names}")
     if "{}" not in template:
@@ -346,7 +362,7 @@ def hf_clip_config(model):
     """A transformers ``CLIPConfig`` with the sizes of ``model`` (a ``CLIP`` of the two towers above)."""
     from transformers import CLIPConfig
 
-    image, text = model.image_encoder, model.text_encoder
+    image, text = getattr(model, "image_encoder", None), getattr(model, "text_encoder", None)
     if not isinstance(image, ImageEncoder) or not isinstance(text, TextEncoder):
         raise ValueError("to_hf_clip needs a CLIP made of an ImageEncoder and a TextEncoder")
     vit = image.vit

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from homl16.checks import check_images
+from homl16.checks import check_images, check_positive
 
 
 def conv_block(in_channels, out_channels):
@@ -16,6 +16,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels=3, num_classes=10, width=32):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
+            check_positive(name, value, integer=True)
         self.in_channels = in_channels
         self.features = nn.Sequential(conv_block(in_channels, width), conv_block(width, 2 * width),
                                       conv_block(2 * width, 4 * width))
@@ -23,4 +25,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, X):
         check_images("X", X, self.in_channels)
+        if min(X.shape[2:]) < 8:
+            raise ValueError(f"X must be at least 8x8 pixels (three 2x2 poolings), "
+                             f"got {X.shape[2]}x{X.shape[3]}")
         return self.head(self.features(X).mean(dim=(2, 3)))

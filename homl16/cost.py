@@ -18,13 +18,18 @@ import time
 
 import torch
 
+from homl16.checks import check_positive
+
 KINDS = ("global", "sra", "window")
 BLOCK_NAMES = {"global": "ViT block (global)", "sra": "PVT block (SRA)", "window": "Swin block (windows)"}
 
 
 def grid_shape(grid):
     """An int side or an (H, W) pair -> (H, W), checked positive."""
-    H, W = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    try:
+        H, W = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be an int side or an (H, W) pair, got {grid!r}") from None
     if H < 1 or W < 1:
         raise ValueError(f"grid sides must be positive, got {(H, W)}")
     return H, W
@@ -37,6 +42,8 @@ def attention_scores(kind, grid, window_size=7, sr_ratio=8):
     global 784² = 614,656; window (7 x 7) 784 x 49 = 38,416.
     """
     H, W = grid_shape(grid)
+    check_positive("window_size", window_size, integer=True)
+    check_positive("sr_ratio", sr_ratio, integer=True)
     N = H * W
     if kind == "global":
         return N * N
@@ -93,6 +100,14 @@ def measure_cost_growth(image_sides, patch_size=4, kinds=KINDS, embed_dim=64, nu
     -> list of dict rows {kind, image_side, grid, tokens, scores, seconds}; scores per head and image.
     A kind stops growing once one of its measurements takes more than ``max_seconds``.
     """
+    check_positive("patch_size", patch_size, integer=True)
+    check_positive("batch_size", batch_size, integer=True)
+    image_sides = list(image_sides)
+    if not image_sides:
+        raise ValueError("image_sides is empty")
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"kind must be one of {KINDS}, got {unknown}")
     rows = []
     for kind in kinds:
         torch.manual_seed(seed)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from homl16.checks import check_images, check_rank, check_tensor
+from homl16.checks import check_ids, check_images, check_positive, check_rank, check_strings, check_tensor
 from homl16.clip import causal_mask, describe
 from homl16.data.shapes import COLOURS, SHAPES, SIZES
 from homl16.runtime import get_device
@@ -44,6 +44,8 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, num_codes=64, code_dim=16, beta=0.25, normalize=False):
         super().__init__()
+        check_positive("num_codes", num_codes, integer=True)
+        check_positive("code_dim", code_dim, integer=True)
         self.num_codes, self.code_dim, self.beta, self.normalize = num_codes, code_dim, beta, normalize
         self.codebook = nn.Embedding(num_codes, code_dim)
         self.codebook.weight.data.uniform_(-1 / num_codes, 1 / num_codes)
@@ -133,6 +135,7 @@ class VQVAE(nn.Module):
     def encode(self, X, batch_size=512):
         """Code ids (B, G, G) of images X (B, 3, S, S)."""
         check_images("X", X, 3)
+        check_positive("batch_size", batch_size, integer=True)
         self.eval()
         device = next(self.parameters()).device
         return torch.cat([self.quantizer(self.encoder(X[i:i + batch_size].to(device)))[1].cpu()
@@ -216,9 +219,8 @@ def codebook_usage(ids, num_codes):
     check_tensor("ids", ids)
     if ids.numel() == 0:
         raise ValueError("ids is empty")
+    check_ids("ids", ids, num_codes)
     counts = torch.bincount(ids.flatten(), minlength=num_codes).float()
-    if len(counts) > num_codes:
-        raise ValueError(f"ids holds values >= num_codes={num_codes}")
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return (counts > 0).float().mean().item(), entropy.exp().item()
@@ -246,9 +248,8 @@ class WordTokenizer:
         return len(self.vocab)
 
     def encode(self, texts, length):
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise ValueError("texts is empty")
+        texts = check_strings("texts", [texts] if isinstance(texts, str) else texts)
+        check_positive("length", length, integer=True)
         ids = torch.zeros(len(texts), length, dtype=torch.long)
         for row, text in enumerate(texts):
             words = text.lower().split()
@@ -261,6 +262,7 @@ class WordTokenizer:
         return ids
 
     def decode(self, ids):
+        check_rank("ids", ids, 2, "(texts, length)")
         return [" ".join(self.words[i] for i in row if i != 0) for row in ids.tolist()]
 
 
@@ -313,6 +315,8 @@ class DalleTransformer(nn.Module):
         if len(text_ids) != len(image_ids):
             raise ValueError(f"text_ids and image_ids batch sizes differ: "
                              f"{len(text_ids)} vs {len(image_ids)}")
+        check_ids("text_ids", text_ids, self.text_embed.num_embeddings)
+        check_ids("image_ids", image_ids, self.num_codes)
         Z = torch.cat([self.text_embed(text_ids), self.image_embed(image_ids)], dim=1)  # (B, T + m, E)
         length = Z.shape[1]
         Z = Z + self.pos_embed[:, :length]
@@ -324,6 +328,7 @@ class DalleTransformer(nn.Module):
 
 def dalle_loss(model, text_ids, image_ids):
     """Next-token cross-entropy of all M image tokens: text_ids (B, T), image_ids (B, M)."""
+    check_rank("image_ids", image_ids, 2, "(batch, image_tokens)")
     logits = model(text_ids, image_ids[:, :-1])  # (B, M, K)
     return F.cross_entropy(logits.flatten(0, 1), image_ids.flatten())
 
@@ -412,7 +417,7 @@ def clip_similarity(clip_model, processor, images, prompts):
     ``pixel_values`` directly; prompts: N strings, tokenized by ``processor``.
     """
     check_images("images", images, 3)
-    prompts = list(prompts)
+    prompts = check_strings("prompts", prompts)
     if len(prompts) != len(images):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
     clip_model.eval()
@@ -430,6 +435,7 @@ def best_of(scores, k):
     scores: (P, N) for P prompts with N samples each (N divisible by k) -> indices (P, N // k)
     into the N samples of each prompt."""
     check_rank("scores", scores, 2, "(prompts, samples)")
+    check_positive("k", k, integer=True)
     if k < 1 or scores.shape[1] % k:
         raise ValueError(f"k must divide the {scores.shape[1]} samples per prompt, got {k}")
     P, N = scores.shape

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from homl16.boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
-from homl16.checks import check_rank
+from homl16.checks import check_positive, check_rank
 from homl16.runtime import get_device
 from homl16.train import tensor_batches
 
@@ -29,6 +29,8 @@ def sine_position_encoding(height, width, dim, temperature=10_000):
     The first dim/2 channels encode the row (y), the last dim/2 the column (x); each half interleaves
     sin and cos at geometrically spaced frequencies of the position normalised to (0, 2 pi].
     """
+    for name, value in (("height", height), ("width", width), ("dim", dim)):
+        check_positive(name, value, integer=True)
     if dim % 4 != 0:
         raise ValueError(f"dim must be divisible by 4, got {dim}")
     half = dim // 2
@@ -57,6 +59,9 @@ class DETR(nn.Module):
     def __init__(self, num_classes, in_channels, dim=64, num_heads=4, num_encoder_layers=2,
                  num_decoder_layers=2, ff_dim=128, num_queries=10, dropout=0.0, backbone=None):
         super().__init__()
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                            ("num_queries", num_queries)):
+            check_positive(name, value, integer=True)
         self.num_classes, self.num_queries, self.in_channels = num_classes, num_queries, in_channels
         self.backbone = backbone
         self.project = nn.Conv2d(in_channels, dim, kernel_size=1)
@@ -102,11 +107,15 @@ def pack_targets(boxes, labels, image_size, max_objects):
     label -1. One tensor lets ``homl16.train.tensor_batches`` shuffle and batch the targets."""
     if len(boxes) != len(labels):
         raise ValueError(f"got {len(boxes)} box lists but {len(labels)} label lists")
+    check_positive("image_size", image_size)
+    check_positive("max_objects", max_objects, integer=True)
     packed = torch.zeros(len(boxes), max_objects, 5)
     packed[:, :, 0] = -1
     for i, (image_boxes, image_labels) in enumerate(zip(boxes, labels)):
         if len(image_boxes) > max_objects:
             raise ValueError(f"image {i} has {len(image_boxes)} objects, more than max_objects={max_objects}")
+        if len(image_boxes) != len(image_labels):
+            raise ValueError(f"image {i} has {len(image_boxes)} boxes but {len(image_labels)} labels")
         if len(image_boxes):
             corners = torch.tensor(image_boxes, dtype=torch.float32) / image_size
             packed[i, :len(image_boxes), 0] = torch.tensor(image_labels, dtype=torch.float32)
@@ -129,8 +138,19 @@ def shapes_detection_data(num_scenes, seed=0, split="train", image_size=64, min_
 def unpack_targets(packed):
     """(B, max_objects, 5) padded targets -> list of B dicts {labels (n,) long, boxes (n, 4) cxcywh}."""
     check_rank("packed", packed, 3, "(batch, max_objects, 5)")
+    if packed.shape[2] != 5:
+        raise ValueError(f"packed must have shape (batch, max_objects, 5), got {tuple(packed.shape)}")
     keep = packed[:, :, 0] >= 0
     return [{"labels": row[k, 0].long(), "boxes": row[k, 1:]} for row, k in zip(packed, keep)]
+
+
+def check_predictions(scores, boxes, scores_name):
+    """Raise unless scores (B, Q, C + 1) and boxes (B, Q, 4) describe the same queries."""
+    check_rank(scores_name, scores, 3, "(batch, queries, classes + 1)")
+    check_rank("boxes", boxes, 3, "(batch, queries, 4)")
+    if boxes.shape[2] != 4 or boxes.shape[:2] != scores.shape[:2]:
+        raise ValueError(f"boxes must be (batch, queries, 4) matching {scores_name} "
+                         f"{tuple(scores.shape)}, got {tuple(boxes.shape)}")
 
 
 @torch.no_grad()
@@ -144,6 +164,7 @@ def hungarian_match(logits, boxes, targets, class_weight=1.0, l1_weight=5.0, gio
     solved with scipy's ``linear_sum_assignment``. Returns B pairs of long tensors
     (query indices, target indices), each of length n_i (needs n_i <= Q).
     """
+    check_predictions(logits, boxes, "logits")
     batch_size, num_queries = logits.shape[:2]
     if len(targets) != batch_size:
         raise ValueError(f"got {len(targets)} targets for a batch of {batch_size}")
@@ -215,6 +236,7 @@ def train_detr(model, features, packed_targets, epochs, lr=1e-3, batch_size=64, 
     Returns a history of per-epoch lists: epoch, loss, ce, l1, giou, seconds."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -251,6 +273,7 @@ def train_detr(model, features, packed_targets, epochs, lr=1e-3, batch_size=64, 
 def predict_detr(model, features, batch_size=256, device=None):
     """All queries' predictions for every image: -> dict of CPU tensors ``probabilities``
     (N, Q, C + 1) and ``boxes`` (N, Q, 4) cxcywh in [0, 1]."""
+    check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.eval()
     outputs = [model(features[i:i + batch_size].to(device)) for i in range(0, len(features), batch_size)]
@@ -265,6 +288,7 @@ def detections(probabilities, boxes, image_size=1.0, threshold=0.0):
     probabilities (N, Q, C + 1), boxes (N, Q, 4) cxcywh in [0, 1] -> list of N dicts with boxes
     (D, 4) corners scaled by ``image_size``, scores (D,), labels (D,), keeping scores > threshold.
     """
+    check_predictions(probabilities, boxes, "probabilities")
     scores, labels = probabilities[..., :-1].max(-1)
     corners = cxcywh_to_xyxy(boxes) * image_size
     keep = scores > threshold

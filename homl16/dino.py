@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from homl16 import augment
-from homl16.checks import check_rank
+from homl16.checks import check_positive, check_probability, check_rank, check_tensor
 from homl16.runtime import get_device
 
 
@@ -71,6 +71,7 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim, out_dim, hidden_dim=256, bottleneck_dim=64, num_layers=3, batch_norm=False):
         super().__init__()
+        check_positive("num_layers", num_layers, integer=True)
         dims = [in_dim] + [hidden_dim] * (num_layers - 1)
         layers = []
         for d_in, d_out in zip(dims, dims[1:]):
@@ -98,6 +99,11 @@ class DINONetwork(nn.Module):
     def forward(self, crops):
         if not crops:
             raise ValueError("crops must be a non-empty list of image batches")
+        for i, crop in enumerate(crops):
+            check_rank(f"crops[{i}]", crop, 4, "(batch, channels, height, width)")
+            if len(crop) != len(crops[0]):
+                raise ValueError(f"every crop needs the batch size of crops[0] ({len(crops[0])}), "
+                                 f"crops[{i}] has {len(crop)}")
         outputs, start = [], 0
         while start < len(crops):
             end = start + 1
@@ -124,6 +130,9 @@ def dino_loss(student_out, teacher_out, center, student_temp=0.1, teacher_temp=0
     if teacher_out.shape[1:] != student_out.shape[1:] or teacher_out.shape[0] > student_out.shape[0]:
         raise ValueError(f"teacher_out {tuple(teacher_out.shape)} must have at most as many views as "
                          f"student_out {tuple(student_out.shape)} and the same batch and out_dim")
+    check_center(center, teacher_out)
+    check_positive("student_temp", student_temp)
+    check_positive("teacher_temp", teacher_temp)
     teacher_probs = F.softmax((teacher_out - center) / teacher_temp, dim=-1).detach()
     student_log_probs = F.log_softmax(student_out / student_temp, dim=-1)
     # cross_entropy[v, w]: teacher view v against student view w, averaged over the batch
@@ -132,12 +141,23 @@ def dino_loss(student_out, teacher_out, center, student_temp=0.1, teacher_temp=0
     return cross_entropy[different_views].mean()
 
 
+def check_center(center, teacher_out):
+    """Raise unless center is (K,) for teacher_out (V, B, K)."""
+    check_rank("teacher_out", teacher_out, 3, "(views, batch, out_dim)")
+    check_tensor("center", center)
+    if center.shape != teacher_out.shape[2:]:
+        raise ValueError(f"center must have shape ({teacher_out.shape[2]},) (out_dim), "
+                         f"got {tuple(center.shape)}")
+
+
 @torch.no_grad()
 def update_center(center, teacher_out, momentum=0.9):
     """EMA of the teacher's mean output: momentum * center + (1 - momentum) * mean over views and batch.
 
     center (K,), teacher_out (V, B, K) -> new center (K,). With momentum 1 the centre stays put.
     """
+    check_center(center, teacher_out)
+    check_probability("momentum", momentum)
     return momentum * center + (1 - momentum) * teacher_out.mean(dim=(0, 1))
 
 
@@ -150,6 +170,10 @@ class DINOLoss(nn.Module):
 
     def __init__(self, out_dim, student_temp=0.1, teacher_temp=0.04, center_momentum=0.9, centering=True):
         super().__init__()
+        check_positive("out_dim", out_dim, integer=True)
+        check_positive("student_temp", student_temp)
+        check_positive("teacher_temp", teacher_temp)
+        check_probability("center_momentum", center_momentum)
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.center_momentum, self.centering = center_momentum, centering
         self.register_buffer("center", torch.zeros(out_dim))
@@ -184,6 +208,10 @@ def make_teacher(student):
 @torch.no_grad()
 def ema_update(teacher, student, momentum):
     """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+    check_probability("momentum", momentum)
+    if [p.shape for p in teacher.parameters()] != [p.shape for p in student.parameters()]:
+        raise ValueError("teacher and student must have the same parameters (make the teacher with "
+                         "make_teacher(student))")
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
 
@@ -221,6 +249,7 @@ def train_dino(student, X, multi_crop, epochs, loss_fn, lr=1e-3, weight_decay=(0
     ``loss_fn`` is a ``DINOLoss``. Returns (teacher, history): history has per-step lists loss, lr,
     momentum, teacher_entropy, batch_entropy, center_spread, and seconds (total training time).
     """
+    check_positive("batch_size", batch_size, integer=True)
     if epochs < 1 or len(X) < batch_size:
         raise ValueError(f"need epochs >= 1 and at least batch_size={batch_size} images, "
                          f"got {epochs} and {len(X)}")
@@ -275,6 +304,8 @@ def train_dino(student, X, multi_crop, epochs, loss_fn, lr=1e-3, weight_decay=(0
 @torch.no_grad()
 def class_token_features(vit, X, batch_size=500, device=None):
     """The class token's output (after the final norm) of ``vit`` for every image: (N, C, H, W) -> (N, D)."""
+    check_rank("X", X, 4, "(batch, channels, height, width)")
+    check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     vit.eval().to(device)
     return torch.cat([vit.forward_features(X[i:i + batch_size].to(device))[:, 0].cpu()
@@ -306,6 +337,8 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20,
     """DINO's weighted k-NN classifier: the k most similar (cosine) train images vote for their
     label with weight exp(similarity / temperature); return the test accuracy."""
     check_features(train_features, train_labels, test_features, test_labels)
+    check_positive("k", k, integer=True)
+    check_positive("temperature", temperature)
     similarity = F.normalize(test_features, dim=1) @ F.normalize(train_features, dim=1).T  # (test, train)
     top_similarity, top_index = similarity.topk(min(k, len(train_features)), dim=1)
     votes = torch.zeros(len(test_features), int(train_labels.max()) + 1)
@@ -334,6 +367,9 @@ def class_token_attention(maps, direction="cls_to_patch"):
     can be compared as distributions (for "cls_to_patch" this only drops the class token's
     attention to itself).
     """
+    check_tensor("maps", maps)
+    if maps.dim() < 2 or maps.shape[-1] != maps.shape[-2] or maps.shape[-1] < 2:
+        raise ValueError(f"maps must be (..., 1 + N, 1 + N) attention maps, got {tuple(maps.shape)}")
     if direction == "cls_to_patch":
         attention = maps[..., 0, 1:]
     elif direction == "patch_to_cls":
@@ -355,6 +391,10 @@ def attention_on_object(attention, masks):
     of h and w. Returns (mass, area): mass (B, ...) and area (B, 1, ...) shares in [0, 1]. A ratio
     mass / area above 1 means the attention concentrates on the objects.
     """
+    check_tensor("attention", attention)
+    check_tensor("masks", masks)
+    if attention.dim() < 3:
+        raise ValueError(f"attention must be (batch, ..., h, w), got {tuple(attention.shape)}")
     h, w = attention.shape[-2:]
     if masks.dim() != 3 or len(masks) != len(attention) or masks.shape[1] % h or masks.shape[2] % w:
         raise ValueError(f"masks must be (B, H, W) with H, W multiples of the attention grid {h}x{w} "

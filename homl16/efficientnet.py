@@ -14,10 +14,15 @@ from importlib import resources
 import torch
 from torch import nn
 
-from homl16.checks import check_images
+from homl16.checks import check_images, check_positive, check_rank
 from homl16.runtime import cache_dir, get_device
 
 STRIDES = (2, 4, 8, 16, 32)
+
+
+def check_stride(stride):
+    if stride not in STRIDES:
+        raise ValueError(f"stride must be one of {STRIDES}, got {stride}")
 
 
 @cache
@@ -69,8 +74,7 @@ class FrozenCNN(nn.Module):
         return super().train(False)  # frozen: batch norm keeps its ImageNet statistics
 
     def last_block(self, stride):
-        if stride not in STRIDES:
-            raise ValueError(f"stride must be one of {STRIDES}, got {stride}")
+        check_stride(stride)
         return max(i for i, s in enumerate(self.block_strides) if s == stride)
 
     @staticmethod
@@ -98,8 +102,14 @@ def frozen_cnn():
 
 def top_k_labels(logits, k=3):
     """ImageNet logits (B, 1000) -> per image a list of k (class name, probability) pairs."""
-    probabilities, indices = logits.softmax(dim=-1).topk(k)
     names = imagenet_classes()
+    check_rank("logits", logits, 2, "(batch, 1000)")
+    if logits.shape[1] != len(names):
+        raise ValueError(f"logits must have {len(names)} ImageNet classes, got {logits.shape[1]}")
+    check_positive("k", k, integer=True)
+    if k > len(names):
+        raise ValueError(f"k must be at most {len(names)}, got {k}")
+    probabilities, indices = logits.softmax(dim=-1).topk(k)
     return [[(names[i], p) for i, p in zip(row_indices.tolist(), row_probabilities.tolist())]
             for row_indices, row_probabilities in zip(indices, probabilities)]
 
@@ -107,6 +117,9 @@ def top_k_labels(logits, k=3):
 def cached_feature_maps(X, stride=32, batch_size=32, device=None):
     """Frozen feature maps of every image in X (N, 3, H, W), computed once and kept on disk under the
     course cache (keyed by the images' bytes and the stride): -> (N, C, H/stride, W/stride) on the CPU."""
+    check_images("X", X, 3)
+    check_stride(stride)
+    check_positive("batch_size", batch_size, integer=True)
     X = X.detach().cpu()
     key = f"{zlib.crc32(X.numpy().tobytes()):08x}-{tuple(X.shape)}-s{stride}".replace(" ", "")
     path = cache_dir() / "features" / f"efficientnet-lite0-{key}.pt"

@@ -16,6 +16,9 @@ def setup_notebook(seed=42, dpi=72):
     import matplotlib.pyplot as plt
     import torch
 
+    from homl16.checks import check_positive
+
+    check_positive("dpi", dpi)
     set_seed(seed)
     plt.rcParams["figure.dpi"] = dpi
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # harmless on a CPU-only machine

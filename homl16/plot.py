@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from homl16.checks import check_rank
+from homl16.checks import check_positive, check_rank
 
 
 def to_numpy_image(image):
@@ -13,6 +13,8 @@ def to_numpy_image(image):
     if isinstance(image, Image.Image):
         return np.asarray(image)
     if isinstance(image, torch.Tensor):
+        if image.dim() not in (2, 3):
+            raise ValueError(f"image must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
         image = image.detach().cpu().float()
         if image.dim() == 3:
             image = image.permute(1, 2, 0)
@@ -34,6 +36,8 @@ def show_images(images, titles=None, ncols=8, size=1.4, cmap="gray"):
         raise ValueError("show_images needs at least one image")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
+    check_positive("ncols", ncols, integer=True)
+    check_positive("size", size)
     ncols = min(ncols, len(images))
     nrows = (len(images) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
@@ -65,7 +69,10 @@ def overlay_attention(image, attention, ax=None, alpha=0.6, cmap="jet", title=No
 
 def draw_boxes(image, boxes, labels=None, ax=None, color="lime"):
     """Draw (x0, y0, x1, y1) pixel boxes, with optional text labels, on an image."""
-    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=float)
+    if boxes.size % 4 or (boxes.ndim > 1 and boxes.shape[-1] != 4):
+        raise ValueError(f"boxes must be (N, 4) corners (x0, y0, x1, y1), got shape {boxes.shape}")
+    boxes = boxes.reshape(-1, 4)
     if labels is not None and len(labels) != len(boxes):
         raise ValueError(f"got {len(boxes)} boxes but {len(labels)} labels")
     ax = ax or plt.gca()
@@ -97,6 +104,13 @@ def plot_history(*histories, labels=None, metrics=("loss", "accuracy"), size=(8,
     if not histories:
         raise ValueError("plot_history needs at least one history")
     labels = labels or [""] * len(histories)
+    if len(labels) != len(histories):
+        raise ValueError(f"got {len(histories)} histories but {len(labels)} labels")
+    if not metrics:
+        raise ValueError("metrics is empty")
+    for history in histories:
+        if not isinstance(history, dict) or "epoch" not in history:
+            raise ValueError("each history must be a dict with an 'epoch' list (as homl16.train.fit returns)")
     fig, axes = plt.subplots(1, len(metrics), figsize=size, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for history, label in zip(histories, labels):

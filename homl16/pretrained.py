@@ -55,6 +55,8 @@ def load_pretrained(model_class, model_id, fallback, **kwargs):
 
 def load_hub_dataset(dataset_id, fallback, **kwargs):
     """``datasets.load_dataset(dataset_id, **kwargs)`` when the hub is reachable, else ``fallback()``."""
+    if not dataset_id or not isinstance(dataset_id, str):
+        raise ValueError(f"dataset_id must be a hub id like 'timm/oxford-iiit-pet', got {dataset_id!r}")
     if not callable(fallback):
         raise ValueError("fallback must be a callable that returns a dataset")
     if hub_available():
@@ -72,6 +74,10 @@ def local_checkpoint(name, build):
     ``build()`` returns objects with ``save_pretrained`` (a model, its processor, ...);
     they are saved together so ``from_pretrained(directory)`` loads them back.
     """
+    if not name or not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"name must be a plain folder name like 'shapes-clip-v1', got {name!r}")
+    if not callable(build):
+        raise ValueError(f"build must be a callable returning objects with save_pretrained, got {build!r}")
     path = cache_dir() / "checkpoints" / name
     if not path.exists():
         tmp = path.with_name(path.name + ".tmp")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_grid_tokens, check_images, check_paired_shapes
+from homl16.checks import check_grid_tokens, check_images, check_paired_shapes, check_positive, check_rank
 from homl16.transformer import MLP, MultiHeadAttention
 
 
@@ -32,6 +32,7 @@ def tokens_to_grid(x, grid_size):
 
 def grid_to_tokens(x):
     """(B, D, H, W) feature map -> (B, H * W, D) tokens, row by row."""
+    check_rank("x", x, 4, "(batch, channels, height, width)")
     return x.flatten(2).transpose(1, 2)
 
 
@@ -59,6 +60,9 @@ class SpatialReductionAttention(MultiHeadAttention):
         grid = tokens_to_grid(x, grid_size)  # also checks N = H * W
         if self.sr_ratio == 1:
             return x
+        if min(grid_size) < self.sr_ratio:
+            raise ValueError(f"grid_size {tuple(grid_size)} is smaller than sr_ratio={self.sr_ratio}: "
+                             "the images are too small for this stage's spatial reduction")
         return self.reduce_norm(grid_to_tokens(self.reduce(grid)))
 
     def forward(self, x, grid_size, return_attention=False):
@@ -120,6 +124,7 @@ class OverlapPatchEmbedding(nn.Module):
 
     def __init__(self, in_channels, embed_dim, stride, overlap=True, eps=1e-6):
         super().__init__()
+        check_positive("stride", stride, integer=True)
         self.in_channels = in_channels
         kernel_size = 2 * stride - 1 if overlap else stride
         padding = kernel_size // 2 if overlap else 0
@@ -174,9 +179,9 @@ class PyramidVisionTransformer(nn.Module):
                  strides=(4, 2, 2, 2), overlap=True, conv_mlp=True, dropout=0.0, eps=1e-6):
         super().__init__()
         sizes = {len(v) for v in (embed_dims, depths, num_heads, mlp_ratios, sr_ratios, strides)}
-        if len(sizes) != 1:
+        if len(sizes) != 1 or not embed_dims:
             raise ValueError("embed_dims, depths, num_heads, mlp_ratios, sr_ratios and strides "
-                             "must have one entry per stage")
+                             "must have one entry per stage (at least one stage)")
         self.in_channels = in_channels
         self.embed_dims = tuple(embed_dims)
         channels = (in_channels,) + self.embed_dims[:-1]

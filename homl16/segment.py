@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_tensor
+from homl16.checks import check_ids, check_positive, check_rank, check_tensor
 from homl16.data.shapes import SHAPES
 
 CLASS_NAMES = ("background",) + tuple(SHAPES)
@@ -40,6 +40,8 @@ class SegmentationHead(nn.Module):
         super().__init__()
         if len(in_channels) == 0:
             raise ValueError("in_channels must list at least one feature map's channels")
+        check_positive("num_classes", num_classes, integer=True)
+        self.in_channels = tuple(in_channels)
         self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
         self.fuse = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU())
         self.classify = nn.Conv2d(dim, num_classes, 1)
@@ -47,6 +49,11 @@ class SegmentationHead(nn.Module):
     def forward(self, features, image_size):
         if len(features) != len(self.lateral):
             raise ValueError(f"expected {len(self.lateral)} feature maps, got {len(features)}")
+        for i, (f, channels) in enumerate(zip(features, self.in_channels)):
+            check_rank(f"features[{i}]", f, 4, "(batch, channels, height, width)")
+            if f.shape[1] != channels or len(f) != len(features[0]):
+                raise ValueError(f"features[{i}] must have {channels} channels and the batch size of "
+                                 f"features[0] ({len(features[0])}), got shape {tuple(f.shape)}")
         size = features[0].shape[-2:]
         fused = sum(F.interpolate(lateral(f), size=size, mode="bilinear", align_corners=False)
                     for lateral, f in zip(self.lateral, features))
@@ -61,6 +68,9 @@ def intersection_over_union(predictions, targets, num_classes):
     check_tensor("targets", targets)
     if predictions.shape != targets.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ")
+    check_positive("num_classes", num_classes, integer=True)
+    check_ids("predictions", predictions, num_classes)
+    check_ids("targets", targets, num_classes)
     predictions, targets = predictions.flatten(), targets.flatten()
     confusion = torch.bincount(targets * num_classes + predictions, minlength=num_classes ** 2)
     confusion = confusion.reshape(num_classes, num_classes).double()

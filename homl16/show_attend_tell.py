@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from homl16.checks import check_rank, check_tensor
+from homl16.checks import check_ids, check_positive, check_rank, check_strings
 from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld, caption_for, relation
 from homl16.runtime import get_device
 
@@ -45,6 +45,10 @@ class AdditiveAttention(nn.Module):
         if features.shape[0] != state.shape[0]:
             raise ValueError(f"features and state batch sizes differ: "
                              f"{features.shape[0]} vs {state.shape[0]}")
+        feature_dim, state_dim = self.feature_proj.in_features, self.state_proj.in_features
+        if features.shape[2] != feature_dim or state.shape[1] != state_dim:
+            raise ValueError(f"features must have {feature_dim} and state {state_dim} dimensions, "
+                             f"got {features.shape[2]} and {state.shape[1]}")
         if projected is None:
             projected = self.project(features)
         scores = self.score(torch.tanh(projected + self.state_proj(state).unsqueeze(1))).squeeze(-1)
@@ -116,6 +120,7 @@ class CaptionDecoder(nn.Module):
         check_rank("tokens", tokens, 2, "(batch, length)")
         if tokens.shape[0] != maps.shape[0]:
             raise ValueError(f"maps and tokens batch sizes differ: {maps.shape[0]} vs {tokens.shape[0]}")
+        check_ids("tokens", tokens, self.vocab_size)
         projected = self.attention.project(regions)
         state = self.init_state(regions)
         all_logits, all_weights = [], []
@@ -162,6 +167,7 @@ class Vocabulary:
     PAD, START, END = "<pad>", "<start>", "<end>"
 
     def __init__(self, captions):
+        captions = check_strings("captions", captions)
         words = sorted({word for caption in captions for word in caption.split()})
         if not words:
             raise ValueError("Vocabulary needs at least one non-empty caption")
@@ -174,8 +180,7 @@ class Vocabulary:
 
     def encode(self, captions):
         """Captions -> long (N, T): <start> words <end> <pad>..., T = longest caption + 2."""
-        if not captions:
-            raise ValueError("encode needs at least one caption")
+        captions = check_strings("captions", captions)
         unknown = sorted({w for c in captions for w in c.split() if w not in self.index})
         if unknown:
             raise ValueError(f"words not in the vocabulary: {unknown}")
@@ -231,6 +236,8 @@ def standardise(maps, mean=None, std=None):
     """Per-channel standardisation of feature maps (N, C, H, W) with the given (or their own)
     statistics -> (standardised maps, mean (1, C, 1, 1), std (1, C, 1, 1))."""
     check_rank("maps", maps, 4, "(batch, channels, height, width)")
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (the training set's statistics) or neither")
     if mean is None:
         mean, std = maps.mean(dim=(0, 2, 3), keepdim=True), maps.std(dim=(0, 2, 3), keepdim=True) + 1e-5
     return (maps - mean) / std, mean, std
@@ -249,6 +256,12 @@ def caption_loss(logits, targets, weights, pad_id=0, attention_penalty=1.0):
 
     logits (B, T, V), targets (B, T), weights (B, T, H, W) -> scalar loss.
     """
+    check_rank("logits", logits, 3, "(batch, length, vocab_size)")
+    check_rank("targets", targets, 2, "(batch, length)")
+    check_rank("weights", weights, 4, "(batch, length, height, width)")
+    if targets.shape != logits.shape[:2] or weights.shape[:2] != logits.shape[:2]:
+        raise ValueError(f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and weights "
+                         f"{tuple(weights.shape)} must share (batch, length)")
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
     if attention_penalty:
         real = (targets != pad_id).to(weights.dtype)[:, :, None, None]
@@ -262,6 +275,7 @@ def length_batches(lengths, batch_size, generator=None):
     """Shuffled batches of indices (a list of long tensors) in which every caption has the same
     length ("bucketing"), so that a batch of short captions takes few decoding steps."""
     check_rank("lengths", lengths, 1, "(num_captions,)")
+    check_positive("batch_size", batch_size, integer=True)
     order = torch.randperm(len(lengths), generator=generator)
     batches = [chunk for length in lengths.unique()
                for chunk in order[lengths[order] == length].split(batch_size)]
@@ -321,6 +335,8 @@ def train_captioner(model, maps, tokens, epochs, batch_size=64, lr=3e-3, attenti
 @torch.no_grad()
 def greedy_captions(model, maps, vocabulary, max_length=20, batch_size=512, device=None):
     """Greedy captions of maps (N, D, H, W) -> (list of word lists, weights (N, T, H, W) on the CPU)."""
+    check_rank("maps", maps, 4, "(batch, feature_dim, height, width)")
+    check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.to(device).eval()
     words, weights = [], []
@@ -361,6 +377,10 @@ def word_referents(words):
 def cell_centres_in_box(box, grid, image_size):
     """Boolean (grid, grid): which cell centres of a grid×grid map over the image lie inside the
     pixel box (x0, y0, x1, y1) (inclusive pixel indices)."""
+    check_positive("grid", grid, integer=True)
+    check_positive("image_size", image_size)
+    if len(box) != 4:
+        raise ValueError(f"box must be (x0, y0, x1, y1), got {box!r}")
     centres = (torch.arange(grid) + 0.5) * image_size / grid - 0.5  # in pixel-index coordinates
     x0, y0, x1, y1 = box
     inside_x = (centres >= x0) & (centres <= x1)
@@ -376,7 +396,7 @@ def attention_in_box(generated, weights, scenes, image_size):
     generated: word lists; weights (N, T, g, g); scenes with ``objects`` in caption order.
     -> {"in_box", "chance", "words"} (rates over the counted words, and how many were counted).
     """
-    check_tensor("weights", weights)
+    check_rank("weights", weights, 4, "(captions, length, grid, grid)")
     if not len(generated) == len(weights) == len(scenes):
         raise ValueError(f"lengths differ: {len(generated)} captions, {len(weights)} weights, "
                          f"{len(scenes)} scenes")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_grid_tokens, check_images, check_rank
+from homl16.checks import check_divisible, check_grid_tokens, check_images, check_positive, check_rank
 from homl16.segment import SegmentationHead
 from homl16.transformer import MLP
 from homl16.vit import PatchEmbedding
@@ -50,6 +50,7 @@ def window_reverse(windows, grid_size):
 
 def cyclic_shift(x, shift_size, reverse=False):
     """Roll a (B, H, W, D) grid up and left by ``shift_size`` (down and right with ``reverse``)."""
+    check_rank("x", x, 4, "(batch, height, width, embed_dim)")
     shift = shift_size if reverse else -shift_size
     return torch.roll(x, shifts=(shift, shift), dims=(1, 2))
 
@@ -61,6 +62,7 @@ def relative_position_index(window_size):
     token i, each in [-(w - 1), w - 1], as (dy + w - 1) * (2w - 1) + (dx + w - 1); there are
     (2w - 1)² different offsets.
     """
+    check_positive("window_size", window_size, integer=True)
     coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
                                         indexing="ij")).flatten(1)  # (2, N): row and column of each token
     offsets = coords[:, :, None] - coords[:, None, :] + window_size - 1  # (2, N, N), in [0, 2w - 2]
@@ -149,6 +151,7 @@ class SwinBlock(nn.Module):
 
     def __init__(self, embed_dim, num_heads, window_size=7, shift_size=0, mlp_ratio=4.0, eps=1e-5):
         super().__init__()
+        check_positive("window_size", window_size, integer=True)
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size must be in 0..window_size - 1, got {shift_size}")
         self.window_size, self.shift_size = window_size, shift_size

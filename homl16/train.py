@@ -6,12 +6,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from homl16.checks import check_positive, check_tensor
 from homl16.runtime import get_device
 
 
 def accuracy(logits, targets):
     """Share of predictions equal to the target, with classes on dim 1 as in ``F.cross_entropy``:
     logits (B, C) and targets (B,), or per-pixel logits (B, C, H, W) and targets (B, H, W) -> float."""
+    check_tensor("logits", logits)
+    check_tensor("targets", targets)
+    if logits.dim() < 2 or logits.shape[:1] + logits.shape[2:] != targets.shape:
+        raise ValueError(f"logits (B, C[, H, W]) and targets (B[, H, W]) do not match: "
+                         f"{tuple(logits.shape)} vs {tuple(targets.shape)}")
     return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
@@ -21,6 +27,7 @@ def tensor_batches(X, y, batch_size, shuffle=False, generator=None):
         raise ValueError(f"X and y lengths differ: {len(X)} vs {len(y)}")
     if len(X) == 0:
         raise ValueError("cannot make batches from an empty dataset")
+    check_positive("batch_size", batch_size, integer=True)
     order = torch.randperm(len(X), generator=generator) if shuffle else torch.arange(len(X))
     for start in range(0, len(X), batch_size):
         idx = order[start:start + batch_size]
@@ -30,6 +37,9 @@ def tensor_batches(X, y, batch_size, shuffle=False, generator=None):
 @torch.no_grad()
 def predict(model, X, batch_size=512, device=None):
     """Logits of ``model`` for every row of ``X``, computed in eval mode, returned on the CPU."""
+    if len(X) == 0:
+        raise ValueError("X is empty: nothing to predict")
+    check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.eval()
     return torch.cat([model(X[i:i + batch_size].to(device)).float().cpu()
@@ -53,6 +63,12 @@ def fit(model, train_data, epochs, optimizer, scheduler=None, loss_fn=F.cross_en
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if not isinstance(train_data, (tuple, list)) or len(train_data) != 2:
+        raise ValueError("train_data must be an (X, y) pair of tensors")
+    if valid_data is not None and (not isinstance(valid_data, (tuple, list)) or len(valid_data) != 2):
+        raise ValueError("valid_data must be an (X, y) pair of tensors or None")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be a callable X_batch -> X_batch, got {type(augment).__name__}")
     device = device or get_device()
     model.to(device)
     X, y = train_data

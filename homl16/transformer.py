@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_rank
+from homl16.checks import check_divisible, check_rank
 
 
 class MultiHeadAttention(nn.Module):
@@ -24,8 +24,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True):
         super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        check_divisible("embed_dim", embed_dim, num_heads, "num_heads")
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
@@ -44,6 +43,10 @@ class MultiHeadAttention(nn.Module):
         check_rank("context", context, 3, "(batch, tokens, embed_dim)")
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"x and context batch sizes differ: {x.shape[0]} vs {context.shape[0]}")
+        for name, tokens, projection in (("x", x, self.q), ("context", context, self.kv)):
+            if tokens.shape[2] != projection.in_features:
+                raise ValueError(f"{name} must have {projection.in_features} features (embed_dim), "
+                                 f"got {tokens.shape[2]}")
         q = self.split_heads(self.q(x))
         k, v = self.kv(context).chunk(2, dim=-1)
         k, v = self.split_heads(k), self.split_heads(v)
@@ -78,6 +81,9 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
+        if x.shape[-1] != self.fc1.in_features:
+            raise ValueError(f"x must have embed_dim={self.fc1.in_features} features, "
+                             f"got shape {tuple(x.shape)}")
         return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
 
 

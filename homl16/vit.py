@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_images, check_paired_shapes
+from homl16.checks import check_divisible, check_images, check_paired_shapes, check_positive
 from homl16.transformer import EncoderBlock
 
 
@@ -25,6 +25,7 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, in_channels, embed_dim, patch_size=16):
         super().__init__()
+        check_positive("patch_size", patch_size, integer=True)
         self.in_channels = in_channels
         self.patch_size = patch_size
         self.conv2d = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)

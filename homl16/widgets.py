@@ -16,6 +16,8 @@ from homl16.plot import overlay_attention
 
 def figure_png(figure):
     """The PNG bytes of a matplotlib figure, which is then closed (works under every backend)."""
+    if not isinstance(figure, plt.Figure):
+        raise TypeError(f"figure must be a matplotlib Figure, got {type(figure).__name__}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)
@@ -26,6 +28,8 @@ class WithStaticFallback:
     """Displays as ``widget`` where widgets render, and as the PNG of ``figure`` elsewhere."""
 
     def __init__(self, widget, figure):
+        if not hasattr(widget, "_repr_mimebundle_"):
+            raise TypeError(f"widget must be an ipywidgets widget, got {type(widget).__name__}")
         self.widget = widget
         self.png = base64.b64encode(figure_png(figure)).decode("ascii")
 
@@ -36,7 +40,10 @@ class WithStaticFallback:
 
 
 def check_maps(images, maps):
-    maps = torch.as_tensor(maps)
+    try:
+        maps = torch.as_tensor(maps)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"maps must be a tensor or array (images, layers, heads, h, w): {error}") from None
     if maps.dim() != 5 or len(maps) != len(images) or len(images) == 0:
         raise ValueError(f"maps must be (images, layers, heads, h, w) with one entry per image "
                          f"({len(images)} images), got shape {tuple(maps.shape)}")

@@ -27,6 +27,11 @@ def to_pil_rgb(image):
         else:
             return image.convert("RGB")
     image = np.asarray(image)
+    if image.dtype.kind not in "biuf":
+        raise TypeError(f"image must be a PIL image or a numeric array, got {type(image).__name__} "
+                        f"of dtype {image.dtype}")
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
     if image.dtype == bool:
         image = image.astype(np.uint8) * 255
     elif image.dtype != np.uint8:
@@ -89,6 +94,9 @@ def image_dataset(images, labels, label_names, **columns):
         raise ValueError("cannot make a dataset from no images")
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    for name, values in columns.items():
+        if len(values) != len(images):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(images)} images")
     data = {"image": [to_pil_rgb(image) for image in images], "label": [int(y) for y in labels]}
     data.update(columns)
     features = Dataset.from_dict({k: v[:1] for k, v in columns.items()}).features if columns else {}
@@ -106,6 +114,9 @@ def to_tensors(dataset, mode="RGB", image_column="image", label_column="label"):
         raise ValueError("dataset is empty")
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"dataset has no column {missing}; its columns are {dataset.column_names}")
     arrays = [np.asarray(image.convert(mode)) for image in dataset[image_column]]
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
@@ -124,6 +135,10 @@ def cached_dataset(name, build, **options):
     """
     from datasets import disable_progress_bars, enable_progress_bars, load_from_disk
 
+    if not name or not isinstance(name, str) or "/" in name:
+        raise ValueError(f"name must be a plain name like 'shapes', got {name!r}")
+    if not callable(build) or not hasattr(build, "__code__"):
+        raise TypeError(f"build must be a Python function that returns a Dataset, got {type(build).__name__}")
     source = Path(build.__code__.co_filename).read_bytes()
     key = zlib.crc32(source + repr(sorted(options.items())).encode())
     path = cache_dir() / "datasets" / f"{name}-{key:08x}"

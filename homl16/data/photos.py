@@ -1,5 +1,6 @@
 """Real photos that ship inside scikit-image and scikit-learn, by name."""
 
+from homl16.checks import check_strings
 from homl16.data.convert import to_pil_rgb
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins",
@@ -25,8 +26,6 @@ def photos_dataset(names=PHOTO_NAMES):
     """A `datasets.Dataset` of {"image": PIL RGB, "name": str} for the given photo names."""
     from datasets import Dataset, Features, Image, Value
 
-    names = list(names)
-    if not names:
-        raise ValueError("photos_dataset needs at least one photo name")
+    names = check_strings("names", names)
     return Dataset.from_dict({"image": [load_photo(n) for n in names], "name": names},
                              features=Features({"image": Image(), "name": Value("string")}))

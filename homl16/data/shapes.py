@@ -92,6 +92,8 @@ def relation(a, b):
 def caption_for(objects):
     """'a small red circle' / 'a small red circle left of a large blue square' /
     'from left to right: a ..., a ... and a ...'."""
+    if not objects:
+        raise ValueError("caption_for needs at least one object")
     if len(objects) == 1:
         return objects[0].phrase
     if len(objects) == 2:
@@ -256,6 +258,10 @@ def shapes_dataset(num_scenes, seed=0, split="train", **world_options):
 def shapes_video_dataset(num_videos, seed=0, split="train", num_frames=8, **world_options):
     """Videos as a `datasets.Dataset`: frames (list of PIL RGB), narration (str),
     label (ClassLabel ACTIONS), colour, shape (str). Cached on disk."""
+    if num_videos < 1:
+        raise ValueError(f"num_videos must be at least 1, got {num_videos}")
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be at least 2, got {num_frames}")
     world = ShapesWorld(**world_options)
 
     def build():

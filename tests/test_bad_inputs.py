@@ -1,0 +1,562 @@
+"""Bad inputs raise a clear ``ValueError``/``TypeError`` that names the argument (issue 11).
+
+One table for the whole package: (function or class, bad arguments, expected exception, message
+regex). Every module of ``homl16`` that takes inputs has rows here, including the checks that
+existed before, so the table is the one place that shows the coverage. Models are tiny, so the
+whole table runs in a few seconds.
+"""
+
+import inspect
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from homl16 import (
+    augment,
+    boxes,
+    checks,
+    clip,
+    cnn,
+    cost,
+    dalle,
+    deit,
+    detr,
+    dino,
+    efficientnet,
+    notebook,
+    plot,
+    pretrained,
+    pvt,
+    runtime,
+    segment,
+    show_attend_tell,
+    swin,
+    train,
+    transformer,
+    vit,
+    widgets,
+)
+from homl16.data import convert, digits, pets, photos, shapes
+
+matplotlib.use("Agg")
+
+
+def images(batch=2, channels=3, size=8):
+    return torch.rand(batch, channels, size, size)
+
+
+def where(function):
+    """(module, qualified name) of a function, class, bound method or module instance of homl16."""
+    if not (inspect.isfunction(function) or inspect.isclass(function) or inspect.ismethod(function)):
+        function = type(function)  # a model instance: its forward
+    return function.__module__.removeprefix("homl16."), function.__qualname__
+
+
+def case(function, *args, raises=ValueError, match, **kwargs):
+    """One row of the table: ``function(*args, **kwargs)`` must raise ``raises`` matching ``match``."""
+    return pytest.param(function, args, kwargs, raises, match, id=".".join(where(function)))
+
+
+def first_batch(*args, **kwargs):
+    """``train.tensor_batches`` is a generator: its checks run at the first batch."""
+    return next(train.tensor_batches(*args, **kwargs))
+
+
+class Tokenizer:  # the two attributes small_clip needs
+    eos_token_id = 1
+
+    def __len__(self):
+        return 10
+
+
+torch.manual_seed(0)
+SMALL_CNN = cnn.SmallCNN(in_channels=3, num_classes=2, width=4)
+SMALL_VIT = vit.ViT(
+    img_size=8, patch_size=4, in_channels=3, num_classes=2, embed_dim=8, depth=1, num_heads=2, ff_dim=8
+)
+SMALL_DEIT = deit.DeiT(img_size=8, patch_size=4, num_classes=2, embed_dim=8, depth=1, num_heads=2, ff_dim=8)
+SMALL_CLIP = clip.small_clip(
+    Tokenizer(),
+    image_size=8,
+    patch_size=4,
+    embed_dim=8,
+    image_depth=1,
+    text_depth=1,
+    num_heads=2,
+    projection_dim=4,
+    max_length=6,
+)
+TEXT_ENCODER = SMALL_CLIP.text_encoder
+VQVAE = dalle.VQVAE(num_codes=4, code_dim=2, width=4)
+DALLE = dalle.DalleTransformer(
+    text_vocab_size=5, num_codes=4, text_length=2, image_tokens=4, embed_dim=8, depth=1, num_heads=2
+)
+WORDS = dalle.WordTokenizer(["a", "red", "circle"])
+DETR = detr.DETR(
+    num_classes=2,
+    in_channels=4,
+    dim=8,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    ff_dim=8,
+    num_queries=3,
+)
+DINO_LOSS = dino.DINOLoss(out_dim=4)
+DINO_NET = dino.DINONetwork(
+    vit.ViT(img_size=8, patch_size=4, num_classes=1, embed_dim=8, depth=1, num_heads=2, ff_dim=8),
+    dino.DINOHead(8, 4, hidden_dim=8, bottleneck_dim=4),
+)
+PVT_SRA = pvt.SpatialReductionAttention(8, 2, sr_ratio=4)
+SWIN_BLOCK = swin.SwinBlock(8, 2, window_size=2)
+SWIN = swin.Swin(embed_dim=8, depths=(1,), num_heads=(2,), window_size=2)
+SEG_HEAD = segment.SegmentationHead([4, 8], num_classes=3)
+ATTENTION = show_attend_tell.AdditiveAttention(feature_dim=4, state_dim=6, attention_dim=5)
+DECODER = show_attend_tell.CaptionDecoder(
+    feature_dim=4, vocab_size=7, embed_dim=4, hidden_dim=6, attention_dim=5
+)
+VOCABULARY = show_attend_tell.Vocabulary(["a red circle"])
+MHA = transformer.MultiHeadAttention(8, 2)
+MLP = transformer.MLP(8, 16)
+TARGET = {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+RNG = np.random.default_rng(0)
+SHAPE = shapes.ShapeObject("circle", "red", "small", (10, 10), 4)
+HF_SWIN = swin.small_hf_swin(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4)[0]
+
+CASES = [
+    # ---------------------------------------------------------------- checks (the shared helpers)
+    case(checks.check_tensor, "x", [1, 2], raises=TypeError, match="x must be a torch.Tensor"),
+    case(checks.check_rank, "x", torch.zeros(2, 3), 3, "(b, n, d)", match=r"x must have shape \(b, n, d\)"),
+    case(checks.check_rank, "x", torch.zeros(0, 3), 2, "(b, d)", match="x is an empty batch"),
+    case(checks.check_images, "X", images(channels=1), 3, match="X must have 3 channels"),
+    case(checks.check_images, "X", images(), 3, 16, 16, match="X must be 16x16 images"),
+    case(checks.check_grid_tokens, "x", torch.zeros(1, 5, 2), (2, 2), match="x has 5 tokens"),
+    case(checks.check_divisible, "img_size", 30, 4, "patch_size", match="divisible by patch_size=4"),
+    case(checks.check_divisible, "img_size", 32, 0, "patch_size", match="patch_size must be positive"),
+    case(checks.check_paired_shapes, [(torch.zeros(2), torch.zeros(3))], "ViT", match="sizes differ"),
+    case(checks.check_positive, "epochs", 0, match="epochs must be positive"),
+    case(checks.check_positive, "batch_size", 2.5, integer=True, raises=TypeError,
+         match="batch_size must be an int"),
+    case(checks.check_probability, "p", 1.5, match=r"p must be a probability in \[0, 1\]"),
+    case(checks.check_interval, "scale", (0.5, 0.1), match="scale must be a pair"),
+    case(checks.check_strings, "texts", "a red circle", raises=TypeError,
+         match="texts must be a list of strings"),
+    case(checks.check_strings, "texts", [], match="texts is empty"),
+    case(checks.check_ids, "ids", torch.tensor([0, 9]), 5, match=r"ids must be in \[0, 5\)"),
+    case(checks.check_ids, "ids", torch.tensor([0.5]), 5, raises=TypeError, match="integer token ids"),
+    # ---------------------------------------------------------------- augment
+    case(augment.random_shift, torch.zeros(3, 8, 8), match="X must have shape"),
+    case(augment.random_shift, images(), max_shift=-1, match="max_shift must be a non-negative int"),
+    case(augment.chance, 1.5, 4, match="p must be a probability"),
+    case(augment.random_horizontal_flip, images(), p=-0.1, match="p must be a probability"),
+    case(augment.random_grayscale, images(), p=2, match="p must be a probability"),
+    case(augment.random_solarize, images(), p=1.1, match="p must be a probability"),
+    case(augment.random_resized_crop, images(), 0, match="size must be positive"),
+    case(augment.random_resized_crop, images(), 4, scale=(0.5, 2.0), match="scale"),
+    case(augment.random_resized_crop, images(), 4, ratio=(0, 1), match="ratio must be a pair"),
+    case(augment.grayscale, images(channels=2), match="X must have 1 or 3 channels"),
+    case(augment.grayscale, torch.zeros(3, 8, 8), match="X must have shape"),
+    case(augment.color_jitter, images(), brightness=1.5, match=r"brightness must be in \[0, 1\]"),
+    case(augment.color_jitter, images(), hue=0.7, match=r"hue must be in \[0, 0.5\]"),
+    case(augment.rotate_hue, images(), torch.zeros(3), match="got 3 angles for a batch of 2"),
+    case(augment.gaussian_blur, images(), sigma=(0.0, 1.0), match="sigma must be a pair"),
+    # ---------------------------------------------------------------- boxes
+    case(boxes.cxcywh_to_xyxy, torch.zeros(2, 3), match=r"boxes must have shape \(\.\.\., 4\)"),
+    case(boxes.xyxy_to_cxcywh, [0, 0, 1, 1], raises=TypeError, match="boxes must be a torch.Tensor"),
+    case(boxes.box_area, torch.zeros(5), match=r"boxes must have shape \(\.\.\., 4\)"),
+    case(boxes.box_iou, torch.zeros(4), torch.zeros(2, 4), match=r"boxes1 must have shape \(N, 4\)"),
+    case(boxes.generalized_box_iou, torch.tensor([[1.0, 1, 0, 0]]), torch.zeros(1, 4), match="x1 >= x0"),
+    case(boxes.generalized_box_iou, torch.zeros(1, 4), torch.zeros(2, 2, 4),
+         match=r"boxes2 must have shape \(N, 4\)"),
+    case(boxes.average_precision, [0.5], [True], 0, match="no ground-truth"),
+    case(boxes.average_precision, [0.5, 0.2], [True], 1, match="is_true_positive"),
+    case(boxes.average_precision, [0.5, 0.2], [True, True], 1,
+         match="2 true positives but only num_targets=1"),
+    case(boxes.mean_average_precision, [], [], match="at least one image"),
+    case(boxes.mean_average_precision, [{}], [{}, {}], match="1 predictions but 2 targets"),
+    case(boxes.mean_average_precision,
+         [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}],
+         [{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1)}], iou_threshold=50, match="iou_threshold"),
+    # ---------------------------------------------------------------- cnn
+    case(cnn.SmallCNN, in_channels=0, match="in_channels must be positive"),
+    case(SMALL_CNN, images(channels=1), match="X must have 3 channels"),
+    case(SMALL_CNN, images(size=4), match="at least 8x8 pixels"),
+    # ---------------------------------------------------------------- cost
+    case(cost.grid_shape, 0, match="grid sides must be positive"),
+    case(cost.grid_shape, "big", match="grid must be an int side or an"),
+    case(cost.attention_scores, "local", 8, match="kind must be one of"),
+    case(cost.attention_scores, "window", 8, window_size=0, match="window_size must be positive"),
+    case(cost.attention_scores, "sra", 8, sr_ratio=0, match="sr_ratio must be positive"),
+    case(cost.attention_scores, "window", 9, window_size=7, match="divisible by window_size"),
+    case(cost.make_block, "local", match="kind must be one of"),
+    case(cost.time_block, torch.nn.Identity(), torch.zeros(1), repeats=0, match="repeats must be at least 1"),
+    case(cost.measure_cost_growth, [16], patch_size=0, match="patch_size must be positive"),
+    case(cost.measure_cost_growth, [], match="image_sides is empty"),
+    case(cost.measure_cost_growth, [16], kinds=("local",), match="kind must be one of"),
+    case(cost.growth_per_doubling, [{"kind": "global", "image_side": 8, "seconds": 1}], "global",
+         match="at least two sizes"),
+    # ---------------------------------------------------------------- vit
+    case(vit.PatchEmbedding, 3, 8, patch_size=0, match="patch_size must be positive"),
+    case(vit.ViT, img_size=30, patch_size=4, match="img_size=30 must be divisible by patch_size=4"),
+    case(SMALL_VIT, images(size=16), match="X must be 8x8 images"),
+    case(SMALL_VIT.forward_features, images(size=10), interpolate_pos_encoding=True,
+         match="image height=10 must be divisible by patch_size=4"),
+    case(SMALL_VIT.patch_embed, images(channels=1), match="X must have 3 channels"),
+    # ---------------------------------------------------------------- deit
+    case(deit.DeiT, img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2, ff_dim=8,
+         inference_head="both", match="inference_head must be one of"),
+    case(SMALL_DEIT.forward_heads, images(size=16), match="X must be 8x8 images"),
+    case(deit.hard_distillation_loss, torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, dtype=torch.long),
+         torch.zeros(2, 3), match="3 labels for a batch of 2"),
+    case(deit.soft_distillation_loss, torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long),
+         torch.zeros(2, 4), match="teacher_logits has shape"),
+    case(deit.soft_distillation_loss, torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long),
+         torch.zeros(2, 3), alpha=2, match="alpha"),
+    case(deit.Distiller, SMALL_DEIT, SMALL_CNN, loss="medium", match="loss must be one of"),
+    # ---------------------------------------------------------------- transformer
+    case(transformer.MultiHeadAttention, 10, 3, match="embed_dim=10 must be divisible by num_heads=3"),
+    case(transformer.MultiHeadAttention, 8, 0, match="num_heads must be positive"),
+    case(MHA, torch.zeros(2, 8), match=r"x must have shape \(batch, tokens, embed_dim\)"),
+    case(MHA, torch.zeros(2, 3, 6), match="x must have 8 features"),
+    case(MHA, torch.zeros(2, 3, 8), context=torch.zeros(2, 3, 6), match="context must have 8 features"),
+    case(MHA, torch.zeros(2, 3, 8), context=torch.zeros(1, 3, 8), match="batch sizes differ"),
+    case(MLP, torch.zeros(2, 3, 6), match="x must have embed_dim=8"),
+    case(transformer.EncoderBlock(8, 2, 16), torch.zeros(0, 3, 8), match="x is an empty batch"),
+    # ---------------------------------------------------------------- train
+    case(train.accuracy, torch.zeros(4, 3), torch.zeros(4, 1), match="do not match"),
+    case(first_batch, torch.zeros(3), torch.zeros(2), 2, match="lengths differ"),
+    case(first_batch, torch.zeros(0), torch.zeros(0), 2, match="empty dataset"),
+    case(first_batch, torch.zeros(3), torch.zeros(3), 0, match="batch_size must be positive"),
+    case(train.predict, SMALL_CNN, images(), batch_size=0, match="batch_size must be positive"),
+    case(train.predict, SMALL_CNN, torch.zeros(0, 3, 8, 8), match="X is empty"),
+    case(train.evaluate, SMALL_CNN, torch.zeros(0, 3, 8, 8), torch.zeros(0), match="X is empty"),
+    case(train.fit, SMALL_CNN, (images(), torch.zeros(2)), 0, None, match="epochs must be at least 1"),
+    case(train.fit, SMALL_CNN, images(), 1, None, match=r"train_data must be an \(X, y\) pair"),
+    case(train.fit, SMALL_CNN, (images(), torch.zeros(2)), 1, None, augment="flip", raises=TypeError,
+         match="augment must be a callable"),
+    # ---------------------------------------------------------------- clip
+    case(clip.clip_loss, torch.zeros(2, 4), torch.zeros(3, 4), torch.tensor(1.0), match="shapes differ"),
+    case(clip.clip_loss, torch.zeros(2, 4), torch.zeros(2, 4), 2.0, raises=TypeError,
+         match="logit_scale must be a torch.Tensor"),
+    case(clip.causal_mask, 0, match="length must be positive"),
+    case(TEXT_ENCODER, torch.tensor([[2, 3, 1, 1, 1, 1, 1]]), match="more than max_length=6"),
+    case(TEXT_ENCODER, torch.tensor([[2, 3]]), match="end-of-text token"),
+    case(TEXT_ENCODER, torch.tensor([[2, 30, 1]]), match=r"input_ids must be in \[0, 10\)"),
+    case(SMALL_CLIP, images(), torch.tensor([[2, 1]]), match="batch sizes differ"),
+    case(clip.object_phrase, SHAPE, RNG, keep=(0.5, 2.0), match=r"keep\[1\] must be a probability"),
+    case(clip.describe, [], RNG, match="1 or 2 objects"),
+    case(clip.train_caption_tokenizer, "a red circle", raises=TypeError,
+         match="captions must be a list of strings"),
+    case(clip.tokenize, None, "a red circle", raises=TypeError, match="texts must be a list of strings"),
+    case(clip.tokenize, None, [], match="texts is empty"),
+    case(clip.images_to_tensor, [], match="images is empty"),
+    case(clip.images_to_tensor, [np.zeros((8, 8), np.uint8)], match=r"images must be \(N, H, W, 3\)"),
+    case(clip.grouped_clip_loss, torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor(1.0), 1,
+         match="group_size"),
+    case(clip.train_clip, SMALL_CLIP, images(), torch.ones(2, 2, dtype=torch.long), 0, match="epochs"),
+    case(clip.train_clip, SMALL_CLIP, images(), torch.ones(2, 2, dtype=torch.long), 1, batch_size=1,
+         match="batch_size must be at least 2"),
+    case(clip.encode_images, SMALL_CLIP, [[0.0]], raises=TypeError, match="X must be a torch.Tensor"),
+    case(clip.zero_shot_classify, SMALL_CLIP, None, images(), "circle", raises=TypeError,
+         match="class_names must be a list of strings"),
+    case(clip.zero_shot_classify, SMALL_CLIP, None, images(), ["circle"], match="at least 2 classes"),
+    case(clip.zero_shot_classify, SMALL_CLIP, None, images(), ["a", "b"], template="photo", match="template"),
+    case(clip.recall_at_k, torch.zeros(2, 3), 1, match="square"),
+    case(clip.recall_at_k, torch.zeros(2, 2), 3, match="k must be between 1 and 2"),
+    case(clip.hf_clip_config, torch.nn.Module(), match="needs a CLIP made of an ImageEncoder"),
+    # ---------------------------------------------------------------- dalle
+    case(dalle.VectorQuantizer, num_codes=0, match="num_codes must be positive"),
+    case(VQVAE.quantizer, torch.zeros(1, 3, 2, 2), match="z must have 2 channels"),
+    case(VQVAE, images(channels=1), match="X must have 3 channels"),
+    case(VQVAE.encode, images(), batch_size=0, match="batch_size must be positive"),
+    case(VQVAE.decode, torch.zeros(1, 5, dtype=torch.long), match="not a square grid"),
+    case(VQVAE.decode, torch.full((1, 2, 2), 9), match="ids must be in"),
+    case(dalle.train_vqvae, VQVAE, images(), 0, match="epochs must be at least 1"),
+    case(dalle.codebook_usage, torch.tensor([], dtype=torch.long), 4, match="ids is empty"),
+    case(dalle.codebook_usage, torch.tensor([-1, 2]), 4, match=r"ids must be in \[0, 4\)"),
+    case(dalle.WordTokenizer, [], match="words is empty"),
+    case(WORDS.encode, ["a blue circle"], 4, match="unknown words"),
+    case(WORDS.encode, ["a red circle"], 2, match="more than length=2"),
+    case(WORDS.encode, ["a red circle"], 0, match="length must be positive"),
+    case(WORDS.decode, [[1, 2]], raises=TypeError, match="ids must be a torch.Tensor"),
+    case(DALLE, torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long),
+         match="text_ids must have 2"),
+    case(DALLE, torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long), match="at most 3"),
+    case(DALLE, torch.zeros(1, 2, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long),
+         match="batch sizes differ"),
+    case(DALLE, torch.full((1, 2), 7), torch.zeros(1, 1, dtype=torch.long),
+         match=r"text_ids must be in \[0, 5\)"),
+    case(DALLE, torch.zeros(1, 2, dtype=torch.long), torch.full((1, 1), 4),
+         match=r"image_ids must be in \[0, 4\)"),
+    case(dalle.dalle_loss, DALLE, torch.zeros(1, 2, dtype=torch.long), torch.zeros(4, dtype=torch.long),
+         match="image_ids must have shape"),
+    case(dalle.train_dalle, DALLE, torch.zeros(2, 2), torch.zeros(2, 4), 0,
+         match="epochs must be at least 1"),
+    case(dalle.sample_next, torch.zeros(2, 4), temperature=-1, match="temperature must be >= 0"),
+    case(dalle.sample_next, torch.zeros(2, 4), top_k=5, match="top_k must be between 1 and 4"),
+    case(dalle.generate, DALLE, torch.zeros(2), match="text_ids must have shape"),
+    case(dalle.clip_similarity, None, None, images(), ["a red circle"], match="got 2 images but 1 prompts"),
+    case(dalle.clip_similarity, None, None, images(), "a red circle", raises=TypeError,
+         match="prompts must be a list of strings"),
+    case(dalle.best_of, torch.zeros(2, 4), 3, match="k must divide"),
+    case(dalle.best_of, torch.zeros(2, 4), 0, match="k must be positive"),
+    # ---------------------------------------------------------------- detr
+    case(detr.sine_position_encoding, 4, 4, 6, match="dim must be divisible by 4"),
+    case(detr.sine_position_encoding, 0, 4, 8, match="height must be positive"),
+    case(detr.DETR, 2, 4, num_queries=0, match="num_queries must be positive"),
+    case(DETR, torch.zeros(1, 3, 2, 2), match="features must have 4 channels"),
+    case(DETR, torch.zeros(3, 2, 2), match="features must have shape"),
+    case(detr.pack_targets, [[[0, 0, 1, 1]]], [[0], [1]], 8, 2, match="1 box lists but 2 label lists"),
+    case(detr.pack_targets, [[[0, 0, 1, 1]] * 3], [[0] * 3], 8, 2, match="more than max_objects=2"),
+    case(detr.pack_targets, [[[0, 0, 1, 1]]], [[0, 1]], 8, 2, match="image 0 has 1 boxes but 2 labels"),
+    case(detr.pack_targets, [[[0, 0, 1, 1]]], [[0]], 0, 2, match="image_size must be positive"),
+    case(detr.unpack_targets, torch.zeros(1, 2, 4),
+         match=r"packed must have shape \(batch, max_objects, 5\)"),
+    case(detr.hungarian_match, torch.zeros(1, 3, 3), torch.zeros(1, 3, 4), [TARGET, TARGET],
+         match="2 targets"),
+    case(detr.hungarian_match, torch.zeros(1, 3, 3), torch.zeros(1, 2, 4), [TARGET], match="boxes must be"),
+    case(detr.hungarian_match, torch.zeros(1, 1, 3), torch.zeros(1, 1, 4),
+         [{"labels": torch.tensor([0, 1]), "boxes": torch.zeros(2, 4)}], match="only 1 queries"),
+    case(detr.train_detr, DETR, torch.zeros(2, 4, 2, 2), torch.zeros(2, 1, 5), 1, batch_size=0,
+         match="batch_size must be positive"),
+    case(detr.predict_detr, DETR, torch.zeros(2, 4, 2, 2), batch_size=0, match="batch_size must be positive"),
+    case(detr.detections, torch.zeros(1, 3, 3), torch.zeros(1, 3, 2), match="boxes must be"),
+    # ---------------------------------------------------------------- dino
+    case(dino.MultiCrop, 8, 16, match="local_size <= global_size"),
+    case(dino.MultiCrop, 16, 8, num_local=-1, match="num_local"),
+    case(dino.MultiCrop(8, 4, num_local=0), torch.zeros(3, 8, 8), match="X must have shape"),
+    case(dino.DINOHead, 8, 4, num_layers=0, match="num_layers must be positive"),
+    case(DINO_NET, [], match="non-empty list"),
+    case(DINO_NET, [images(), images(batch=3)], match=r"crops\[1\] has 3"),
+    case(dino.dino_loss, torch.zeros(2, 3, 4), torch.zeros(3, 3, 4), torch.zeros(4), match="teacher_out"),
+    case(dino.dino_loss, torch.zeros(3, 4), torch.zeros(2, 3, 4), torch.zeros(4), match="student_out"),
+    case(dino.dino_loss, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(5),
+         match=r"center must have shape \(4,\)"),
+    case(dino.dino_loss, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(4), teacher_temp=0,
+         match="teacher_temp must be positive"),
+    case(dino.update_center, torch.zeros(4), torch.zeros(2, 3, 4), momentum=1.5,
+         match="momentum must be a probability"),
+    case(dino.DINOLoss, 4, student_temp=0, match="student_temp must be positive"),
+    case(DINO_LOSS, torch.zeros(2, 3, 5), torch.zeros(2, 3, 5), match="center must have shape"),
+    case(dino.cosine_schedule, 1.0, 0.0, 0, match="steps >= 1"),
+    case(dino.ema_update, SMALL_CNN, SMALL_VIT, 0.9, match="same parameters"),
+    case(dino.ema_update, SMALL_CNN, SMALL_CNN, 2.0, match="momentum must be a probability"),
+    case(dino.train_dino, DINO_NET, images(), None, 1, DINO_LOSS, batch_size=4,
+         match="at least batch_size=4"),
+    case(dino.train_dino, DINO_NET, images(), None, 1, DINO_LOSS, batch_size=0,
+         match="batch_size must be positive"),
+    case(dino.class_token_features, SMALL_VIT, images(), batch_size=0, match="batch_size must be positive"),
+    case(dino.nearest_class_mean_accuracy, torch.zeros(3, 2), torch.zeros(2), torch.zeros(1, 2),
+         torch.zeros(1), match="one label per row"),
+    case(dino.knn_accuracy, torch.zeros(3, 2), torch.zeros(3), torch.zeros(1, 3), torch.zeros(1),
+         match="differ in size"),
+    case(dino.knn_accuracy, torch.zeros(3, 2), torch.zeros(3), torch.zeros(1, 2), torch.zeros(1), k=0,
+         match="k must be positive"),
+    case(dino.class_token_attention, torch.zeros(2, 5, 5), direction="sideways", match="direction"),
+    case(dino.class_token_attention, torch.zeros(2, 6, 6), match="do not form a square grid"),
+    case(dino.class_token_attention, torch.zeros(5), match=r"maps must be \(\.\.\., 1 \+ N, 1 \+ N\)"),
+    case(dino.attention_on_object, torch.zeros(2, 2, 2), torch.zeros(2, 5, 4),
+         match="multiples of the attention grid"),
+    case(dino.attention_on_object, torch.zeros(2, 2, 2), np.zeros((2, 4, 4)), raises=TypeError,
+         match="masks must be a torch.Tensor"),
+    # ---------------------------------------------------------------- efficientnet
+    case(efficientnet.top_k_labels, torch.zeros(2, 10), match="logits must have 1000 ImageNet classes"),
+    case(efficientnet.top_k_labels, torch.zeros(2, 1000), k=0, match="k must be positive"),
+    case(efficientnet.top_k_labels, torch.zeros(1000), match=r"logits must have shape \(batch, 1000\)"),
+    case(efficientnet.cached_feature_maps, images(), stride=7, match="stride must be one of"),
+    case(efficientnet.cached_feature_maps, images(channels=1), match="X must have 3 channels"),
+    case(efficientnet.cached_feature_maps, np.zeros((1, 3, 8, 8)), raises=TypeError,
+         match="X must be a torch.Tensor"),
+    # ---------------------------------------------------------------- notebook and runtime
+    case(notebook.setup_notebook, dpi=0, match="dpi must be positive"),
+    case(notebook.setup_notebook, seed=-1, match="seed must be a non-negative int"),
+    case(notebook.show_source, match="at least one function or class"),
+    case(notebook.show_source, 3, raises=TypeError, match="functions or classes"),
+    case(notebook.report, {}, match="non-empty dict"),
+    case(notebook.report, {"test accuracy": 0.5}, match="identifiers"),
+    case(notebook.report, {"loss": float("nan")}, match="NaN"),
+    case(runtime.set_seed, 1.5, match="seed must be a non-negative int"),
+    # ---------------------------------------------------------------- plot
+    case(plot.to_numpy_image, torch.zeros(1, 3, 4, 4), match=r"image must be \(C, H, W\) or \(H, W\)"),
+    case(plot.to_numpy_image, np.zeros(4), match="image must be 2-D or 3-D"),
+    case(plot.show_images, [], match="at least one image"),
+    case(plot.show_images, [np.zeros((2, 2))], titles=["a", "b"], match="1 images but 2 titles"),
+    case(plot.show_images, [np.zeros((2, 2))], ncols=0, match="ncols must be positive"),
+    case(plot.overlay_attention, np.zeros((4, 4)), torch.zeros(2, 2, 2), match="attention must have shape"),
+    case(plot.draw_boxes, np.zeros((4, 4)), [[0, 0, 1, 1, 1]], match=r"boxes must be \(N, 4\)"),
+    case(plot.draw_boxes, np.zeros((4, 4)), [[0, 0, 1, 1]], labels=["a", "b"], match="1 boxes but 2 labels"),
+    case(plot.show_mask, np.zeros((2, 2, 2)), match=r"mask must be \(height, width\)"),
+    case(plot.plot_history, match="at least one history"),
+    case(plot.plot_history, {"epoch": [1]}, {"epoch": [1]}, labels=["only one"],
+         match="2 histories but 1 labels"),
+    case(plot.plot_history, {"loss": [1]}, match="'epoch' list"),
+    # ---------------------------------------------------------------- widgets
+    case(widgets.figure_png, None, raises=TypeError, match="figure must be a matplotlib Figure"),
+    case(widgets.WithStaticFallback, None, None, raises=TypeError,
+         match="widget must be an ipywidgets widget"),
+    case(widgets.check_maps, [np.zeros((4, 4))], torch.zeros(1, 1, 4, 4),
+         match=r"maps must be \(images, layers"),
+    case(widgets.check_maps, [], torch.zeros(0, 1, 1, 4, 4), match="one entry per image"),
+    case(widgets.check_maps, [np.zeros((4, 4))], "maps", raises=TypeError,
+         match="maps must be a tensor or array"),
+    case(widgets.attention_explorer, [np.zeros((4, 4))], torch.zeros(1, 1, 1, 2, 2), titles=["a", "b"],
+         match="1 images but 2 titles"),
+    # ---------------------------------------------------------------- pretrained
+    case(pretrained.load_pretrained, object, "", lambda: None, match="model_id must be a hub id"),
+    case(pretrained.load_pretrained, object, "google/vit", "/no/such/folder",
+         match="fallback must be a callable"),
+    case(pretrained.load_hub_dataset, "", lambda: None, match="dataset_id must be a hub id"),
+    case(pretrained.load_hub_dataset, "timm/oxford-iiit-pet", "shapes", match="fallback must be a callable"),
+    case(pretrained.local_checkpoint, "../escape", list, match="name must be a plain folder name"),
+    case(pretrained.local_checkpoint, "ok-name", None, match="build must be a callable"),
+    # ---------------------------------------------------------------- pvt
+    case(pvt.tokens_to_grid, torch.zeros(1, 5, 4), (2, 2), match="x has 5 tokens but grid_size"),
+    case(pvt.grid_to_tokens, torch.zeros(1, 4, 4),
+         match=r"x must have shape \(batch, channels, height, width\)"),
+    case(pvt.SpatialReductionAttention, 8, 2, 0, match="sr_ratio must be at least 1"),
+    case(PVT_SRA, torch.zeros(1, 4, 8), (2, 2), match=r"grid_size \(2, 2\) is smaller than sr_ratio=4"),
+    case(pvt.OverlapPatchEmbedding, 3, 8, 0, match="stride must be positive"),
+    case(pvt.OverlapPatchEmbedding(3, 8, 2), images(channels=1), match="X must have 3 channels"),
+    case(pvt.PyramidVisionTransformer, embed_dims=(8, 16), match="one entry per stage"),
+    case(pvt.PyramidVisionTransformer, embed_dims=(), depths=(), num_heads=(), mlp_ratios=(), sr_ratios=(),
+         strides=(), match="at least one stage"),
+    case(pvt.copy_weights_from_hf, torch.nn.Linear(2, 2), None, match="cannot copy transformers weights"),
+    # ---------------------------------------------------------------- segment
+    case(segment.SegmentationHead, [], 3, match="at least one feature map"),
+    case(segment.SegmentationHead, [4], 0, match="num_classes must be positive"),
+    case(SEG_HEAD, [torch.zeros(1, 4, 4, 4)], (8, 8), match="expected 2 feature maps"),
+    case(SEG_HEAD, [torch.zeros(1, 4, 4, 4), torch.zeros(1, 6, 2, 2)], (8, 8),
+         match=r"features\[1\] must have 8 channels"),
+    case(segment.intersection_over_union, torch.zeros(2, 2, dtype=torch.long),
+         torch.zeros(2, 3, dtype=torch.long), 3, match="differ"),
+    case(segment.intersection_over_union, torch.full((2, 2), 3), torch.zeros(2, 2, dtype=torch.long), 3,
+         match=r"predictions must be in \[0, 3\)"),
+    case(segment.mean_iou, torch.zeros(2, 2), torch.zeros(2, 2), 3, raises=TypeError, match="integer"),
+    # ---------------------------------------------------------------- swin
+    case(swin.window_partition, torch.zeros(1, 6, 6, 2), 4,
+         match="grid height=6 must be divisible by window_size=4"),
+    case(swin.window_partition, torch.zeros(1, 8, 8, 2), 0, match="window_size must be positive"),
+    case(swin.window_reverse, torch.zeros(3, 2, 2, 2), (4, 4), match="windows per image"),
+    case(swin.cyclic_shift, torch.zeros(1, 16, 2), 1,
+         match=r"x must have shape \(batch, height, width, embed_dim\)"),
+    case(swin.relative_position_index, 0, match="window_size must be positive"),
+    case(swin.shifted_window_mask, (4, 4), 2, 2, match="shift_size must be in 1..window_size - 1"),
+    case(swin.WindowAttention(8, 2, 2), torch.zeros(1, 5, 8), match="windows must hold 4 tokens"),
+    case(swin.SwinBlock, 8, 2, window_size=2, shift_size=2, match="shift_size must be in 0..window_size - 1"),
+    case(SWIN_BLOCK, torch.zeros(1, 6, 8), (2, 2), match="x has 6 tokens but grid_size"),
+    case(swin.PatchMerging(8), torch.zeros(1, 6, 8), (3, 2), match="divisible by 2"),
+    case(swin.Swin, depths=(1, 1), num_heads=(2,), match="must be non-empty and as long"),
+    case(SWIN, images(size=12), match="image height=12 must be divisible by"),
+    case(swin.copy_weights_from_hf_layer, SWIN_BLOCK, HF_SWIN.encoder.layers[0].blocks[0],
+         match="window sizes or heads differ"),
+    # ---------------------------------------------------------------- show_attend_tell
+    case(ATTENTION, torch.zeros(2, 3, 4), torch.zeros(3, 6), match="batch sizes differ"),
+    case(ATTENTION, torch.zeros(2, 3, 5), torch.zeros(2, 6), match="features must have 4 and state 6"),
+    case(show_attend_tell.add_coordinates, torch.zeros(2, 4, 4), match="maps must have shape"),
+    case(DECODER, torch.zeros(2, 5, 3, 3), torch.zeros(2, 4, dtype=torch.long),
+         match="maps must have 4 channels"),
+    case(DECODER, torch.zeros(2, 4, 3, 3), torch.zeros(2, dtype=torch.long), match="tokens must have shape"),
+    case(DECODER, torch.zeros(2, 4, 3, 3), torch.full((2, 3), 9), match=r"tokens must be in \[0, 7\)"),
+    case(DECODER.generate, torch.zeros(2, 4, 3, 3), 1, 2, max_length=0,
+         match="max_length must be at least 1"),
+    case(DECODER.generate, torch.zeros(2, 4, 3, 3), 1, 9, match="end_id=9 is outside the vocabulary"),
+    case(show_attend_tell.Vocabulary, [""], match="at least one non-empty caption"),
+    case(show_attend_tell.Vocabulary, "a red circle", raises=TypeError,
+         match="captions must be a list of strings"),
+    case(VOCABULARY.encode, ["a blue circle"], match="not in the vocabulary"),
+    case(VOCABULARY.encode, [], match="captions is empty"),
+    case(show_attend_tell.standardise, torch.zeros(2, 3, 4, 4), mean=torch.zeros(1, 3, 1, 1),
+         match="both mean and std"),
+    case(show_attend_tell.caption_loss, torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long),
+         torch.zeros(2, 3, 2, 2), match="must share"),
+    case(show_attend_tell.length_batches, torch.tensor([3, 3]), 0, match="batch_size must be positive"),
+    case(show_attend_tell.train_captioner, DECODER, torch.zeros(2, 4, 3, 3), torch.zeros(3, 4), 1,
+         match="as many maps as captions"),
+    case(show_attend_tell.greedy_captions, DECODER, torch.zeros(2, 4, 3, 3), VOCABULARY, batch_size=0,
+         match="batch_size must be positive"),
+    case(show_attend_tell.caption_accuracy, [["a"]], [], match="as many generated captions"),
+    case(show_attend_tell.cell_centres_in_box, (0, 0, 4), 4, 16, match=r"box must be \(x0, y0, x1, y1\)"),
+    case(show_attend_tell.attention_in_box, [["a"]], torch.zeros(1, 2, 3), [None], 16,
+         match="weights must have shape"),
+    case(show_attend_tell.attention_in_box, [["a"]], torch.zeros(2, 1, 2, 2), [None], 16,
+         match="lengths differ"),
+    # ---------------------------------------------------------------- data
+    case(convert.to_pil_rgb, np.zeros((4, 4, 2), np.uint8), match="cannot read an image of shape"),
+    case(convert.to_pil_rgb, "photo.jpg", raises=TypeError,
+         match="image must be a PIL image or a numeric array"),
+    case(convert.to_pil_rgb, np.zeros((0, 4, 3)), match="image is empty"),
+    case(convert.load_image, "/no/such/image.png", match="cannot read image"),
+    case(convert.load_image_folder, "/no/such/folder", match="is not a folder"),
+    case(convert.image_to_tensor, None, raises=TypeError, match="image must be a PIL image"),
+    case(convert.image_dataset, [], [], ["a"], match="no images"),
+    case(convert.image_dataset, [np.zeros((4, 4, 3), np.uint8)], [0, 1], ["a"],
+         match="1 images but 2 labels"),
+    case(convert.image_dataset, [np.zeros((4, 4, 3), np.uint8)], [0], ["a"], caption=["x", "y"],
+         match="column 'caption' has 2 values for 1 images"),
+    case(convert.to_tensors, [], match="dataset is empty"),
+    case(convert.cached_dataset, "../x", lambda: None, match="name must be a plain name"),
+    case(convert.cached_dataset, "x", list, raises=TypeError, match="build must be a Python function"),
+    case(digits.split_digits, np.zeros((4, 8, 8), np.uint8), [0, 1], 1,
+         match="inconsistent numbers of samples"),
+    case(pets.shapes_pets_stand_in, train_size=0, match="num_scenes must be at least 1"),
+    case(photos.load_photo, "mona_lisa", match="unknown photo"),
+    case(photos.photos_dataset, "china", raises=TypeError, match="names must be a list of strings"),
+    case(photos.photos_dataset, [], match="names is empty"),
+    case(shapes.split_rng, 0, "holdout", match="split must be one of"),
+    case(shapes.shape_mask, "star", (4, 4), 2, 8, match="unknown shape"),
+    case(shapes.caption_for, [], match="at least one object"),
+    case(shapes.ShapesWorld, image_size=8, match="image_size must be at least 16"),
+    case(shapes.ShapesWorld, min_objects=3, max_objects=2, match="min_objects <= max_objects"),
+    case(shapes.ShapesWorld, shapes=("star",), match="shapes must be a non-empty subset"),
+    case(shapes.ShapesWorld, combinations=[("red", "star")], match="combinations must be"),
+    case(shapes.ShapesWorld().scenes, 0, match="num_scenes must be at least 1"),
+    case(shapes.ShapesWorld().video, RNG, num_frames=1, match="num_frames must be at least 2"),
+    case(shapes.shapes_video_dataset, 0, match="num_videos must be at least 1"),
+]
+
+MODULES = [
+    "augment",
+    "boxes",
+    "checks",
+    "clip",
+    "cnn",
+    "cost",
+    "dalle",
+    "deit",
+    "detr",
+    "dino",
+    "efficientnet",
+    "notebook",
+    "plot",
+    "pretrained",
+    "pvt",
+    "runtime",
+    "segment",
+    "show_attend_tell",
+    "swin",
+    "train",
+    "transformer",
+    "vit",
+    "widgets",
+    "data.convert",
+    "data.digits",
+    "data.pets",
+    "data.photos",
+    "data.shapes",
+]
+
+
+@pytest.mark.parametrize("function, args, kwargs, error, message", CASES)
+def test_bad_input_raises_a_clear_error(function, args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        function(*args, **kwargs)
+    matplotlib.pyplot.close("all")
+
+
+def test_the_table_covers_every_module():
+    covered = {where(case.values[0])[0] for case in CASES}
+    covered.add("train")  # tensor_batches' rows go through first_batch, defined here
+    missing = [m for m in MODULES if m not in covered]
+    assert not missing, f"no bad-input rows for {missing}"
