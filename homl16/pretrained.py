@@ -8,6 +8,7 @@ fallback, and one printed line says which was used.
 import functools
 import os
 import socket
+from pathlib import Path
 
 from homl16.runtime import cache_dir
 
@@ -47,10 +48,19 @@ def load_pretrained(model_class, model_id, fallback, **kwargs):
     if callable(fallback):
         loaded, used = fallback(), f"{getattr(fallback, '__name__', 'fallback')}()"
     else:
-        fallback = os.path.relpath(fallback)  # short, and no user's home in printed output
-        loaded, used = model_class.from_pretrained(fallback, **kwargs), fallback
+        loaded, used = model_class.from_pretrained(str(fallback), **kwargs), short_path(fallback)
     print(f"Offline: {model_id} is not available, so using {used} instead.")
     return loaded
+
+
+def short_path(path):
+    """``path`` for printing: from ``site-packages`` on for a folder inside an installed package (e.g. the
+    offline BERT), else relative to the working directory (so no user's home appears in a notebook)."""
+    parts = Path(path).resolve().parts
+    if "site-packages" in parts:
+        last = len(parts) - 1 - parts[::-1].index("site-packages")
+        return os.path.join("...", *parts[last:])
+    return os.path.relpath(path)
 
 
 def load_hub_dataset(dataset_id, fallback, **kwargs):
