@@ -27,7 +27,7 @@ from homl16.checks import check_ids, check_images, check_positive, check_rank, c
 from homl16.clip import causal_mask, describe
 from homl16.data.shapes import COLOURS, SHAPES, SIZES
 from homl16.runtime import get_device
-from homl16.train import tensor_batches
+from homl16.train import adamw_one_cycle, minimise, tensor_batches
 from homl16.transformer import EncoderBlock
 
 # ---------------------------------------------------------------- stage 1: the image tokenizer
@@ -339,33 +339,19 @@ def train_dalle(model, text_ids, image_ids, epochs, batch_size=64, lr=2e-3, weig
 
     AdamW, one-cycle schedule. Returns a history dict: per epoch ``epoch``, ``loss``, ``seconds``.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if len(text_ids) != len(image_ids) or len(text_ids) == 0:
+        raise ValueError(f"text_ids and image_ids must hold the same, non-zero number of pairs, "
+                         f"got {len(text_ids)} and {len(image_ids)}")
+    check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * -(-len(text_ids) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed)
-    history = {"epoch": [], "loss": [], "seconds": []}
-    start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch")
-    for epoch in bar:
-        model.train()
-        total = 0.0
-        for text_batch, image_batch in tensor_batches(text_ids, image_ids, batch_size, shuffle=True,
-                                                      generator=generator):
-            loss = dalle_loss(model, text_batch.to(device), image_batch.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(text_batch)
-        history["epoch"].append(epoch)
-        history["loss"].append(total / len(text_ids))
-        history["seconds"].append(time.perf_counter() - start)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-    return history
+    optimizer, scheduler = adamw_one_cycle([{"params": list(model.parameters()), "lr": lr}], epochs,
+                                           -(-len(text_ids) // batch_size), weight_decay)
+
+    def batch_loss(batch):
+        return dalle_loss(model, text_ids[batch].to(device), image_ids[batch].to(device))
+
+    return minimise(model, batch_loss, len(text_ids), epochs, optimizer, scheduler, batch_size, seed, desc)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):

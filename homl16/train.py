@@ -101,3 +101,40 @@ def fit(model, train_data, epochs, optimizer, scheduler=None, loss_fn=F.cross_en
         history["seconds"].append(time.perf_counter() - start)
         bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in history.items() if k.endswith(("loss", "accuracy"))})
     return history
+
+
+def adamw_one_cycle(groups, epochs, steps_per_epoch, weight_decay=0.05):
+    """AdamW over parameter ``groups`` ([{"params": [...], "lr": peak lr}, ...]) with a one-cycle
+    schedule (10% warm-up, then cosine decay) over ``epochs * steps_per_epoch`` steps."""
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
+                                                    total_steps=epochs * steps_per_epoch, pct_start=0.1)
+    return optimizer, scheduler
+
+
+def minimise(model, batch_loss, num_items, epochs, optimizer, scheduler, batch_size, seed=42,
+             desc="training"):
+    """Minimise ``batch_loss(indices) -> scalar loss`` over shuffled batches of ``num_items`` items
+    for ``epochs`` epochs (``model`` in training mode), stepping ``scheduler`` after every batch.
+    Returns a history of per-epoch lists: epoch, loss, seconds."""
+    check_positive("epochs", epochs, integer=True)
+    check_positive("batch_size", batch_size, integer=True)
+    generator = torch.Generator().manual_seed(seed)
+    history = {"epoch": [], "loss": [], "seconds": []}
+    start = time.perf_counter()
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch")
+    for epoch in bar:
+        model.train()
+        total = 0.0
+        for batch in torch.randperm(num_items, generator=generator).split(batch_size):
+            loss = batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+        history["epoch"].append(epoch)
+        history["loss"].append(total / num_items)
+        history["seconds"].append(time.perf_counter() - start)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+    return history
