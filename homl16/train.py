@@ -106,6 +106,8 @@ def fit(model, train_data, epochs, optimizer, scheduler=None, loss_fn=F.cross_en
 def adamw_one_cycle(groups, epochs, steps_per_epoch, weight_decay=0.05):
     """AdamW over parameter ``groups`` ([{"params": [...], "lr": peak lr}, ...]) with a one-cycle
     schedule (10% warm-up, then cosine decay) over ``epochs * steps_per_epoch`` steps."""
+    check_positive("epochs", epochs, integer=True)
+    check_positive("steps_per_epoch", steps_per_epoch, integer=True)
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
                                                     total_steps=epochs * steps_per_epoch, pct_start=0.1)

@@ -16,20 +16,22 @@ class MultiHeadAttention(nn.Module):
     """Multi-head (self- or cross-) attention.
 
     ``forward(x, context=None, attn_mask=None, return_attention=False)``:
-    ``x`` is (B, N, D); ``context`` (B, M, D) defaults to ``x`` (self-attention);
+    ``x`` is (B, N, D); ``context`` (B, M, C) defaults to ``x`` (self-attention), with
+    C = ``context_dim`` (default D: cross-attention to tokens of another width, e.g. a
+    Perceiver's inputs or a Q-Former's image features, sets it);
     ``attn_mask`` is a boolean mask (True = may attend) or an additive float bias,
     broadcastable to (B, H, N, M). Returns (B, N, D), and with
     ``return_attention=True`` also the weights (B, H, N, M).
     """
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True):
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, context_dim=None):
         super().__init__()
         check_divisible("embed_dim", embed_dim, num_heads, "num_heads")
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
         self.q = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.kv = nn.Linear(embed_dim, 2 * embed_dim, bias=bias)
+        self.kv = nn.Linear(context_dim or embed_dim, 2 * embed_dim, bias=bias)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
     def split_heads(self, x):
