@@ -88,6 +88,14 @@ def clip_loss_pair(device):
             lambda x: clip_loss(x[0], x[1], scale), theirs)
 
 
+def qformer_pair(device):
+    from homl16.bert import load_bert
+    from homl16.blip2 import qformer_benchmark_pair, qformer_from_bert
+
+    qformer = qformer_from_bert(load_bert(), num_queries=32, num_layers=4, image_dim=112)
+    return qformer_benchmark_pair(qformer, batch_size=BATCH, num_text=16, num_image_tokens=64, device=device)
+
+
 def main():
     device = get_device()
     torch.manual_seed(0)
@@ -95,7 +103,7 @@ def main():
     lines = [f"Forward + backward, batch {BATCH}, median of {REPEATS} interleaved runs after 2 warm-up runs, "
              f"on {machine}, {time.strftime('%Y-%m-%d')}.", "",
              "| block | course (ms) | transformers (ms) | ratio |", "|---|---:|---:|---:|"]
-    for pair in (vit_pair, swin_pair, pvt_pair, clip_loss_pair):
+    for pair in (vit_pair, swin_pair, pvt_pair, clip_loss_pair, qformer_pair):
         name, x, ours, theirs = pair(device)
         x = x.to(device)
         calls = [forward_backward(ours), forward_backward(theirs)]

@@ -684,13 +684,13 @@ def qformer_benchmark_pair(qformer, batch_size=8, num_text=12, num_image_tokens=
     Q = qformer.num_queries
 
     def theirs(image):
-        return theirs_model(query_embeds=qformer.embed(len(image), ids), query_length=Q,
+        return theirs_model(query_embeds=qformer.embed(len(image), ids[:len(image)]), query_length=Q,
                             encoder_hidden_states=image).last_hidden_state
 
     width = qformer.query_tokens.shape[-1]
     description = (f"Q-Former ({Q} queries + {num_text} text tokens, {num_image_tokens} image tokens, "
                    f"{width} wide, {len(qformer.layers)} layers)")
-    return description, x, lambda image: qformer(image, ids), theirs
+    return description, x, lambda image: qformer(image, ids[:len(image)]), theirs
 
 
 class FrozenCNNVision(nn.Module):

@@ -10,7 +10,7 @@ import os
 import socket
 from pathlib import Path
 
-from homl16.runtime import cache_dir
+from homl16.runtime import cache_dir, write_once
 
 HUB_HOST = "huggingface.co"
 
@@ -89,9 +89,9 @@ def local_checkpoint(name, build):
     if not callable(build):
         raise ValueError(f"build must be a callable returning objects with save_pretrained, got {build!r}")
     path = cache_dir() / "checkpoints" / name
-    if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
+    def save(tmp):
         for part in build():
             part.save_pretrained(str(tmp))
-        tmp.rename(path)
+
+    write_once(path, save)
     return str(path)

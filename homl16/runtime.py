@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,4 +42,22 @@ def cache_dir():
     else:
         path = Path.home() / ".cache" / "homl16"
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_once(path, write):
+    """Create the folder ``path`` with ``write(tmp)`` into a temporary sibling, then move it into place.
+
+    A crash mid-write never leaves a half-written entry behind, and several processes building the same
+    entry at once (torchrun, notebooks run side by side) are safe: the first to finish wins.
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process moved its copy into place first
+        shutil.rmtree(tmp, ignore_errors=True)
     return path

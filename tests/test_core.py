@@ -129,3 +129,28 @@ def test_plots_draw_what_they_are_given():
         show_images([np.zeros((2, 2))], titles=["a", "b"])
     with pytest.raises(ValueError, match="attention"):
         overlay_attention(np.zeros((4, 4)), torch.rand(2, 2, 2))
+
+
+def test_write_once_keeps_the_first_copy_and_leaves_no_temporary_folder(tmp_path):
+    from homl16.runtime import write_once
+
+    def write(text):
+        def to(tmp):
+            tmp.mkdir()
+            (tmp / "file.txt").write_text(text)
+        return to
+
+    target = tmp_path / "entry"
+    assert write_once(target, write("first")) == target
+    write_once(target, write("second"))  # already there: not rebuilt
+    assert (target / "file.txt").read_text() == "first"
+    # another process finished first: its copy stays, ours is cleaned up
+    racing = tmp_path / "racing"
+
+    def slow_write(tmp):
+        write("winner")(racing)
+        write("loser")(tmp)
+
+    write_once(racing, slow_write)
+    assert (racing / "file.txt").read_text() == "winner"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "racing"]

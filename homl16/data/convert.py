@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from homl16.runtime import cache_dir
+from homl16.runtime import cache_dir, write_once
 
 
 def to_pil_rgb(image):
@@ -145,11 +145,12 @@ def cached_dataset(name, build, **options):
     if path.exists():
         return load_from_disk(str(path))
     dataset = build()
-    tmp = path.with_name(path.name + ".tmp")
-    disable_progress_bars()
-    try:
-        dataset.save_to_disk(str(tmp))
-    finally:
-        enable_progress_bars()
-    tmp.rename(path)  # a crash mid-write never leaves a half-written cache behind
-    return load_from_disk(str(path))
+
+    def save(tmp):
+        disable_progress_bars()
+        try:
+            dataset.save_to_disk(str(tmp))
+        finally:
+            enable_progress_bars()
+
+    return load_from_disk(str(write_once(path, save)))
