@@ -88,6 +88,18 @@ def clip_loss_pair(device):
             lambda x: clip_loss(x[0], x[1], scale), theirs)
 
 
+def perceiver_pair(device):
+    from homl16.perceiver import PerceiverClassifier, hf_perceiver_latents, to_hf_perceiver
+
+    model = PerceiverClassifier(image_size=32, in_channels=3, num_latents=64, latent_dim=128, num_blocks=2,
+                                self_attends_per_block=2, num_self_attention_heads=4)
+    theirs = to_hf_perceiver(model).train().to(device)
+    model.to(device)
+    return ("Perceiver encoder (1,024 pixel tokens, 64 latents, 128 wide, 2 x 2 layers)",
+            torch.rand(BATCH, 3, 32, 32), lambda x: model.encoder(model.encode_pixels(x)),
+            lambda x: hf_perceiver_latents(theirs, x))
+
+
 def qformer_pair(device):
     from homl16.bert import load_bert
     from homl16.blip2 import qformer_benchmark_pair, qformer_from_bert
@@ -103,7 +115,7 @@ def main():
     lines = [f"Forward + backward, batch {BATCH}, median of {REPEATS} interleaved runs after 2 warm-up runs, "
              f"on {machine}, {time.strftime('%Y-%m-%d')}.", "",
              "| block | course (ms) | transformers (ms) | ratio |", "|---|---:|---:|---:|"]
-    for pair in (vit_pair, swin_pair, pvt_pair, clip_loss_pair, qformer_pair):
+    for pair in (vit_pair, swin_pair, pvt_pair, clip_loss_pair, perceiver_pair, qformer_pair):
         name, x, ours, theirs = pair(device)
         x = x.to(device)
         calls = [forward_backward(ours), forward_backward(theirs)]

@@ -11,7 +11,7 @@ import blocks  # noqa: E402
 
 
 @pytest.mark.parametrize("pair", [blocks.vit_pair, blocks.swin_pair, blocks.pvt_pair, blocks.clip_loss_pair,
-                                  blocks.qformer_pair])
+                                  blocks.perceiver_pair, blocks.qformer_pair])
 def test_compared_blocks_compute_outputs_of_the_same_shape(pair):
     name, x, ours, theirs = pair("cpu")
     with torch.no_grad():
