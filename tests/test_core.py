@@ -3,6 +3,7 @@ import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import homl16
@@ -154,3 +155,18 @@ def test_write_once_keeps_the_first_copy_and_leaves_no_temporary_folder(tmp_path
     write_once(racing, slow_write)
     assert (racing / "file.txt").read_text() == "winner"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "racing"]
+
+
+def test_minimise_is_deterministic_for_a_seed():
+    from homl16.train import adamw_one_cycle, minimise
+
+    def run(seed):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        X, y = torch.randn(40, 3), torch.randn(40, 1)
+        optimizer, scheduler = adamw_one_cycle([{"params": list(model.parameters()), "lr": 0.1}], 3, 4)
+        loss = lambda batch: F.mse_loss(model(X[batch]), y[batch])  # noqa: E731
+        return minimise(model, loss, len(X), 3, optimizer, scheduler, batch_size=10, seed=seed)["loss"]
+
+    assert run(1) == run(1) != run(2)
+    assert run(1)[-1] < run(1)[0]  # and it learns
