@@ -48,7 +48,8 @@ def load_pretrained(model_class, model_id, fallback, **kwargs):
     if callable(fallback):
         loaded, used = fallback(), f"{getattr(fallback, '__name__', 'fallback')}()"
     else:
-        loaded, used = model_class.from_pretrained(str(fallback), **kwargs), short_path(fallback)
+        # a relative path, so that transformers' load report names no user's home either
+        loaded, used = model_class.from_pretrained(os.path.relpath(fallback), **kwargs), short_path(fallback)
     print(f"Offline: {model_id} is not available, so using {used} instead.")
     return loaded
 
