@@ -791,3 +791,47 @@ def unchanged(module, snapshot):
     """True when every parameter of ``module`` equals its copy in ``snapshot``."""
     return all(torch.equal(p.detach().cpu(), snapshot[name].cpu()) for name, p in module.named_parameters())
 
+
+
+# ---------------------------------------------------------------- the course's BLIP-2
+
+def train_course_blip2(device=None):
+    """Notebook 14's recipe from start to end: stage 1 on 1,000 shapes scenes, the small OPT pre-trained on
+    their captions and frozen, stage 2. Returns the transformers (model, processor) of ``to_hf_blip2``."""
+    from homl16.bert import load_bert, load_bert_tokenizer
+    from homl16.efficientnet import cached_feature_maps
+    from homl16.show_attend_tell import shapes_caption_data
+
+    X, captions, _ = shapes_caption_data(1000, split="train")
+    maps = cached_feature_maps(F.interpolate(X, size=128, mode="bilinear", align_corners=False), stride=16)
+    image_tokens, mean, std = visual_tokens(maps)
+    bert_tokenizer = load_bert_tokenizer()
+    qformer = qformer_from_bert(load_bert(), num_queries=8, num_layers=2, image_dim=image_tokens.shape[-1],
+                                seed=0)
+    input_ids, padding, decode_ids = bert_caption_ids(bert_tokenizer, captions)
+    vocab_ids = torch.unique(torch.cat([input_ids, decode_ids]))
+    stage1 = Blip2Stage1(qformer, vocab_ids[vocab_ids != bert_tokenizer.pad_token_id], text_pooling="mean",
+                         itm_pairs=16)
+    train_stage1(stage1, image_tokens, input_ids, padding, decode_ids, epochs=2, batch_size=64, lr=1e-4,
+                 new_lr=1e-3, device=device)
+    lm_tokenizer = caption_lm_tokenizer(captions)
+    lm = small_opt(lm_tokenizer, hidden_size=128, num_layers=2, num_heads=4, ffn_dim=512, seed=0)
+    pretrain_lm(lm, *repeated_caption_ids(lm_tokenizer, captions, copies=3), epochs=20, batch_size=128,
+                lr=3e-3, device=device)
+    captioner = Blip2Captioner(qformer, lm)
+    train_stage2(captioner, image_tokens, *lm_caption_ids(lm_tokenizer, captions), epochs=10, batch_size=32,
+                 lr=3e-3, qformer_lr=3e-4, device=device)
+    return to_hf_blip2(captioner.cpu(), lm_tokenizer, mean, std, max_new_tokens=16)
+
+
+def course_blip2_checkpoint(model=None, processor=None):
+    """Directory of the course's shapes BLIP-2 saved as a transformers ``Blip2ForConditionalGeneration``
+    with its ``Blip2Processor`` (load it with ``from_pretrained``, then ``attach_frozen_cnn``). Made once:
+    from ``model`` and ``processor`` when given (notebook 14 passes the ones it has just trained),
+    otherwise by training now with ``train_course_blip2`` (about a minute on a CPU)."""
+    from homl16.pretrained import local_checkpoint
+
+    if (model is None) != (processor is None):
+        raise ValueError("give both model and processor (from to_hf_blip2) or neither")
+    return local_checkpoint("shapes-blip2-v1", lambda: (model, processor) if model is not None
+                            else train_course_blip2())

@@ -30,6 +30,7 @@ from homl16 import (
     pretrained,
     pvt,
     runtime,
+    search,
     segment,
     show_attend_tell,
     swin,
@@ -38,7 +39,7 @@ from homl16 import (
     vit,
     widgets,
 )
-from homl16.data import convert, digits, pets, photos, shapes
+from homl16.data import convert, digits, food, pets, photos, shapes
 
 matplotlib.use("Agg")
 
@@ -491,6 +492,22 @@ CASES = [
     case(convert.to_pil_rgb, np.zeros((0, 4, 3)), match="image is empty"),
     case(convert.load_image, "/no/such/image.png", match="cannot read image"),
     case(convert.load_image_folder, "/no/such/folder", match="is not a folder"),
+    case(convert.image_files, "/no/such/folder", match="is not a folder"),
+    case(food.shapes_food_stand_in, 0, match="num_scenes must be at least 1"),
+    case(search.fill_photo_folder, "/no/such/folder", num_scenes=0, match="num_scenes must be"),
+    case(search.fill_photo_folder, "/no/such/folder", num_scenes=5, num_duplicates=9,
+         match="num_duplicates must be between 0 and num_scenes"),
+    case(search.embed_images, None, None, [], match="at least one image"),
+    case(search.embed_texts, None, None, "a cat", match="texts must be a non-empty list"),
+    case(search.embed_texts, None, None, ["a cat", " "], match="texts must be a non-empty list"),
+    case(search.build_photo_index, "/no/such/folder", None, None, match="is not a folder"),
+    case(search.build_photo_index, "/no/such/folder", None, None, batch_size=0, match="batch_size"),
+    case(search.load_photo_index, "/no/such/folder", match="no saved photo index"),
+    case(search.duplicate_recall_at_1, None, [], match="no .original, duplicate. pairs"),
+    case(search.show_results, [], "a cat", match="no results"),
+    case(search.caption_images, None, None, [], match="at least one image"),
+    case(search.caption_folder, "/no/such/folder", None, match="is not a folder"),
+    case(search.search_captions, [], " ", match="keyword must be a non-empty string"),
     case(convert.image_to_tensor, None, raises=TypeError, match="image must be a PIL image"),
     case(convert.image_dataset, [], [], ["a"], match="no images"),
     case(convert.image_dataset, [np.zeros((4, 4, 3), np.uint8)], [0, 1], ["a"],
@@ -535,6 +552,7 @@ MODULES = [
     "pretrained",
     "pvt",
     "runtime",
+    "search",
     "segment",
     "show_attend_tell",
     "swin",
@@ -544,6 +562,7 @@ MODULES = [
     "widgets",
     "data.convert",
     "data.digits",
+    "data.food",
     "data.pets",
     "data.photos",
     "data.shapes",

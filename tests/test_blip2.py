@@ -233,3 +233,10 @@ def test_benchmark_pair_runs_the_same_computation_both_ways():
                                                           num_image_tokens=5)
     assert "3 queries + 4 text tokens" in description
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+def test_course_blip2_checkpoint_needs_both_model_and_processor():
+    from homl16.blip2 import course_blip2_checkpoint
+
+    with pytest.raises(ValueError, match="give both model and processor"):
+        course_blip2_checkpoint(model=object())

@@ -99,8 +99,12 @@ def test_image_folder_skips_broken_files_and_rejects_empty_folders(tmp_path):
         paths, images = load_image_folder(tmp_path)
     assert [p.name for p in paths] == ["big.png", "grey.png"] and all(i.mode == "RGB" for i in images)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no readable images"):
+    with pytest.raises(ValueError, match="no image files"):
         load_image_folder(tmp_path / "empty")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "truncated.png").write_bytes((tmp_path / "truncated.png").read_bytes())
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no readable images"):
+        load_image_folder(tmp_path / "broken")
     with pytest.raises(ValueError, match="not a folder"):
         load_image_folder(tmp_path / "missing")
 

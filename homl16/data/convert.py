@@ -57,6 +57,32 @@ def load_image(path):
         raise ValueError(f"cannot read image {path}: {error}") from error
 
 
+def image_files(folder):
+    """The image files under ``folder`` (recursively, sorted by path); clear errors for a missing
+    folder or one without any image file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def read_images(paths):
+    """Open every file of ``paths`` -> (PIL RGB images, their paths, skipped: [(path, reason)]).
+
+    Unreadable or truncated files are skipped and listed, not fatal."""
+    images, readable, skipped = [], [], []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+            readable.append(path)
+        except ValueError as error:
+            skipped.append((path, str(error.__cause__ or error)))
+    return images, readable, skipped
+
+
 def load_image_folder(folder):
     """Every readable image under ``folder`` (recursively, sorted) -> (paths, PIL RGB images).
 
@@ -64,18 +90,11 @@ def load_image_folder(folder):
     """
     import warnings
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder")
-    paths, images = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        try:
-            images.append(load_image(path))
-            paths.append(path)
-        except ValueError as error:
-            warnings.warn(f"skipped: {error}", stacklevel=2)
+    images, paths, skipped = read_images(image_files(folder))
+    for path, reason in skipped:
+        warnings.warn(f"skipped: cannot read image {path}: {reason}", stacklevel=2)
     if not images:
-        raise ValueError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise ValueError(f"no readable images in {folder}")
     return paths, images
 
 
