@@ -30,8 +30,10 @@ def hub_available(timeout=2.0):
 def load_pretrained(model_class, model_id, fallback, **kwargs):
     """``model_class.from_pretrained(model_id, **kwargs)`` with an offline fallback.
 
-    Works for models, processors and tokenizers. ``fallback`` is a local directory
-    (loaded with the same class and kwargs) or a callable returning the object.
+    Works for models, processors and tokenizers. ``fallback`` is a local directory (loaded with
+    the same class and kwargs), or a callable returning either the object or such a directory
+    (e.g. ``course_clip_checkpoint``, which builds the course's model on first use: only when
+    the hub cannot be used).
     """
     if not model_id or not isinstance(model_id, str):
         raise ValueError(f"model_id must be a hub id like 'google/vit-base-patch16-224', got {model_id!r}")
@@ -46,11 +48,15 @@ def load_pretrained(model_class, model_id, fallback, **kwargs):
         if online:
             raise
     if callable(fallback):
-        loaded, used = fallback(), f"{getattr(fallback, '__name__', 'fallback')}()"
-    else:
-        # a relative path, so that transformers' load report names no user's home either
-        loaded, used = model_class.from_pretrained(os.path.relpath(fallback), **kwargs), short_path(fallback)
-    print(f"Offline: {model_id} is not available, so using {used} instead.")
+        loaded = fallback()
+        if not (isinstance(loaded, (str, os.PathLike)) and os.path.isdir(loaded)):
+            print(f"Offline: {model_id} is not available, so using "
+                  f"{getattr(fallback, '__name__', 'fallback')}() instead.")
+            return loaded
+        fallback = loaded
+    # a relative path, so that transformers' load report names no user's home either
+    loaded = model_class.from_pretrained(os.path.relpath(fallback), **kwargs)
+    print(f"Offline: {model_id} is not available, so using {short_path(fallback)} instead.")
     return loaded
 
 

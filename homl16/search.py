@@ -282,8 +282,8 @@ def search_box(photo_index, model, processor, k=10, example="a red circle", devi
 
     text.observe(lambda change: show(change["new"]), names="value")
     show(example)
-    figure = show_results(search_photos(photo_index, model, processor, example, k, device), example)
-    return WithStaticFallback(widgets.VBox([text, output]), figure)
+    static = show_results(search_photos(photo_index, model, processor, example, k, device), example)
+    return WithStaticFallback(widgets.VBox([text, output]), static)
 
 
 # ---------------------------------------------------------------- captions (exercise 14)

@@ -35,6 +35,19 @@ def test_callable_fallback_and_dataset_fallback(capsys):
     assert "tiny()" in capsys.readouterr().out
 
 
+def test_a_callable_fallback_may_make_the_directory_on_demand(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOML16_CACHE", str(tmp_path))
+    calls = []
+
+    def checkpoint():
+        calls.append(1)
+        return local_checkpoint("small-vit", lambda: small_hf_vit(image_size=32, patch_size=8))
+
+    model = load_pretrained(ViTForImageClassification, "google/vit-base-patch16-224-in21k", checkpoint)
+    assert isinstance(model, ViTForImageClassification) and model.config.image_size == 32 and calls == [1]
+    assert "small-vit instead" in capsys.readouterr().out
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="model_id"):
         load_pretrained(ViTForImageClassification, "", lambda: None)
