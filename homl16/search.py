@@ -14,6 +14,7 @@ online, the course's shapes CLIP offline) and any captioner with the book's
 
 import csv
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,9 @@ def save_photo_index(photo_index, directory=None):
     directory = Path(directory or photo_index.folder)
     directory.mkdir(parents=True, exist_ok=True)
     faiss.write_index(photo_index.index, str(directory / INDEX_FILE))
-    listing = {"folder": str(photo_index.folder), "files": photo_index.files, "skipped": photo_index.skipped}
+    # the folder relative to the index, so that a folder moved with its index still loads
+    listing = {"folder": os.path.relpath(photo_index.folder, directory), "files": photo_index.files,
+               "skipped": photo_index.skipped}
     (directory / FILES_FILE).write_text(json.dumps(listing, indent=1))
     return directory
 
@@ -205,7 +208,7 @@ def load_photo_index(directory):
         raise ValueError(f"{directory}: the index holds {index.ntotal} vectors "
                          f"for {len(listing['files'])} files")
     vectors = index.reconstruct_n(0, index.ntotal)
-    return PhotoIndex(Path(listing["folder"]), listing["files"], vectors, index,
+    return PhotoIndex(Path(os.path.normpath(directory / listing["folder"])), listing["files"], vectors, index,
                       [tuple(s) for s in listing["skipped"]])
 
 

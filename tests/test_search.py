@@ -84,6 +84,10 @@ def test_the_index_survives_a_save_and_load_round_trip(tmp_path, tiny_clip):
                           search.faiss_search(index.index, query, 6)[1])
     with pytest.raises(ValueError, match="no saved photo index"):
         search.load_photo_index(tmp_path)
+    search.save_photo_index(index)  # into the photo folder: the two move together
+    shutil.move(folder, tmp_path / "moved")
+    moved = search.load_photo_index(tmp_path / "moved")
+    assert moved.folder == tmp_path / "moved" and moved.path(0).is_file()
 
 
 def test_text_and_image_queries_are_embedded_as_such(tiny_clip):
