@@ -41,7 +41,8 @@ def default_photo_folder():
 # ---------------------------------------------------------------- a gallery to search
 
 def fill_photo_folder(folder, num_scenes=1000, num_duplicates=50, seed=0):
-    """Fill an empty ``folder`` with an offline gallery; a folder that has images is left as it is.
+    """Fill an empty (or missing) ``folder`` with an offline gallery; a folder with anything in it is left
+    as it is.
 
     The gallery: the real photos that ship with scikit-image and scikit-learn (as JPEG, 256 pixels on
     their long side), ``num_scenes`` shapes-world scenes (64x64 PNG, some saved in palette, grey-scale or
@@ -87,11 +88,6 @@ def planted_duplicates(paths):
 
 # ---------------------------------------------------------------- embeddings
 
-def pooled(output):
-    """The projected features: transformers 5 returns them as ``pooler_output``, 4.x as a tensor."""
-    return output.pooler_output if hasattr(output, "pooler_output") else output
-
-
 @torch.no_grad()
 def embed_images(model, processor, images, device=None):
     """Unit-length CLIP embeddings of a list of images (PIL in any mode, or arrays): float32 (N, D)."""
@@ -100,7 +96,7 @@ def embed_images(model, processor, images, device=None):
     device = device or get_device()
     inputs = processor(images=[to_pil_rgb(image) for image in images], return_tensors="pt")
     model = model.to(device).eval()
-    features = pooled(model.get_image_features(pixel_values=inputs["pixel_values"].to(device)))
+    features = model.get_image_features(pixel_values=inputs["pixel_values"].to(device)).pooler_output
     return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 
@@ -112,7 +108,7 @@ def embed_texts(model, processor, texts, device=None):
     device = device or get_device()
     inputs = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
     inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
-    features = pooled(model.to(device).eval().get_text_features(**inputs))
+    features = model.to(device).eval().get_text_features(**inputs).pooler_output
     return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 

@@ -98,7 +98,7 @@ def test_text_and_image_queries_are_embedded_as_such(tiny_clip):
     assert np.allclose(text, search.embed_texts(model, processor, ["a red square"], "cpu"))
     with torch.no_grad():  # the same as transformers' CLIPModel on the processed image
         pixels = processor(images=[Image.new("RGB", (30, 20), "red")], return_tensors="pt")["pixel_values"]
-        direct = search.pooled(model.get_image_features(pixel_values=pixels))
+        direct = model.get_image_features(pixel_values=pixels).pooler_output
     assert np.allclose(image, torch.nn.functional.normalize(direct, dim=-1).numpy(), atol=1e-6)
 
 
