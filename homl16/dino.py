@@ -269,7 +269,8 @@ def train_dino(student, X, multi_crop, epochs, loss_fn, lr=1e-3, weight_decay=(0
     optimizer = torch.optim.AdamW([{"params": decayed}, {"params": others, "weight_decay": 0.0}])
     history = {k: [] for k in ("loss", "lr", "momentum", "teacher_entropy", "batch_entropy", "center_spread")}
     start, step = time.perf_counter(), 0
-    bar = tqdm(total=steps, desc=desc, unit="step")
+    # at most one bar refresh a second: a notebook's output channel drops messages beyond about a thousand
+    bar = tqdm(total=steps, desc=desc, unit="step", mininterval=1.0)
     for epoch in range(epochs):
         student.head.prototypes.requires_grad_(epoch >= freeze_prototypes_epochs)
         order = torch.randperm(len(X), generator=generator)
@@ -295,7 +296,8 @@ def train_dino(student, X, multi_crop, epochs, loss_fn, lr=1e-3, weight_decay=(0
             step += 1
             bar.update()
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", entropy=f"{diagnostics['teacher_entropy']:.2f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", entropy=f"{diagnostics['teacher_entropy']:.2f}",
+                                refresh=False)
     bar.close()
     history["seconds"] = time.perf_counter() - start
     return teacher.eval(), history
