@@ -16,6 +16,8 @@ share of every epoch.
 import argparse
 import time
 
+import torch
+
 from homl16.data import load_food101, load_pets
 from homl16.finetune import CLASSIFIERS, finetune_arguments, image_collator, load_classifier, trainer_accuracy
 
@@ -69,6 +71,9 @@ def main(argv=None):
         print(f"{training_args.world_size} process(es) on {training_args.device.type}: "
               f"{trainer.state.global_step} optimizer steps, {seconds:.0f} s of training; "
               f"test accuracy {accuracy:.1%} on {len(test)} images ({len(names)} classes)")
+    if torch.distributed.is_initialized():  # let rank 0 finish saving, then close the process group, so
+        torch.distributed.barrier()         # no rank exits with gloo's threads still running (SIGABRT)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
