@@ -71,9 +71,19 @@ def main(argv=None):
         print(f"{training_args.world_size} process(es) on {training_args.device.type}: "
               f"{trainer.state.global_step} optimizer steps, {seconds:.0f} s of training; "
               f"test accuracy {accuracy:.1%} on {len(test)} images ({len(names)} classes)")
-    if torch.distributed.is_initialized():  # let rank 0 finish saving, then close the process group, so
-        torch.distributed.barrier()         # no rank exits with gloo's threads still running (SIGABRT)
-        torch.distributed.destroy_process_group()
+    close_process_group()
+
+
+def close_process_group():
+    """Under torchrun: wait until every rank is done (rank 0 may still be saving), then close the group.
+    A rank that exits with the group open can abort (SIGABRT). The pause lets gloo's worker threads
+    release their last collective, which needs the GIL: a group freed before that deadlocks in its
+    destructor (PyTorch 2.13 on the CPU, a few runs in ten under load)."""
+    if not torch.distributed.is_initialized():
+        return
+    torch.distributed.barrier()
+    time.sleep(0.1)
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

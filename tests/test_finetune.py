@@ -1,8 +1,11 @@
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -37,13 +40,35 @@ def test_arguments_follow_the_device_and_the_starting_point(tmp_path):
         finetune_arguments(tmp_path, pretrained=True, epochs=0)
 
 
+def run_or_dump_stacks(command, env, timeout):
+    """Run ``command``; if it outlives ``timeout``, its Python processes (torchrun and its ranks) print
+    their threads' stacks (faulthandler, on SIGABRT) before they are killed. Returns (returncode, or None
+    on a timeout; stdout; stderr)."""
+    process = subprocess.Popen(command, env=dict(env, PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stdout, stderr
+    except subprocess.TimeoutExpired:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        for member in reversed(family):  # the ranks first: torchrun would otherwise SIGTERM them
+            member.send_signal(signal.SIGABRT)
+        psutil.wait_procs(family, timeout=30)
+        for member in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        stdout, stderr = process.communicate()
+        return None, stdout, stderr
+
+
 def test_finetune_script_trains_with_two_processes_under_torchrun(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                str(ROOT / "scripts" / "finetune.py"), "--epochs", "1", "--max-train-examples", "64",
                "--max-test-examples", "32", "--per-device-batch-size", "8", "--output-dir", str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    returncode, stdout, stderr = run_or_dump_stacks(command, env, timeout=300)  # it takes 10-20 s
+    assert returncode is not None, f"torchrun hung; its processes' stacks:\n{stderr[-8000:]}"
+    assert returncode == 0, stderr[-3000:]
     # 64 examples, 8 per process and step, 2 processes: 4 steps (one process alone would take 8)
-    assert "2 process(es) on cpu: 4 optimizer steps" in done.stdout
+    assert "2 process(es) on cpu: 4 optimizer steps" in stdout
     assert (tmp_path / "final" / "config.json").exists()
