@@ -8,11 +8,13 @@ import warnings
 from IPython import get_ipython
 from IPython.display import Markdown, display
 
+from homl16.pretrained import keep_hub_kernels_off_offline
 from homl16.runtime import get_device, set_seed
 
 
 def setup_notebook(seed=42, dpi=72):
-    """Seed everything, pick the device and keep figures small; prints one line, returns the device."""
+    """Seed everything, pick the device, keep figures small and, offline, keep transformers from fetching
+    hub kernels; prints one line, returns the device."""
     import matplotlib.pyplot as plt
     import torch
 
@@ -23,6 +25,7 @@ def setup_notebook(seed=42, dpi=72):
     plt.rcParams["figure.dpi"] = dpi
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # harmless on a CPU-only machine
     device = get_device()
+    keep_hub_kernels_off_offline()  # before any cell loads a model with transformers' own from_pretrained
     print(f"homl16 {__import__('homl16').__version__}, torch {torch.__version__}, device: {device}, "
           f"seed: {seed}")
     return device

@@ -27,6 +27,19 @@ def hub_available(timeout=2.0):
         return False
 
 
+def keep_hub_kernels_off_offline():
+    """Offline, stop transformers from fetching kernels from the hub; returns whether the hub is available.
+
+    With the ``kernels`` package installed, transformers (5.2x) swaps some layers of a model that
+    ``from_pretrained`` loads on a GPU (activations, norms) for kernels it downloads from the hub; without
+    a network that download fails, and so does the load. ``USE_HUB_KERNELS=NO`` keeps the PyTorch layers.
+    """
+    online = hub_available()
+    if not online:
+        os.environ.setdefault("USE_HUB_KERNELS", "NO")
+    return online
+
+
 def load_pretrained(model_class, model_id, fallback, **kwargs):
     """``model_class.from_pretrained(model_id, **kwargs)`` with an offline fallback.
 
@@ -39,7 +52,7 @@ def load_pretrained(model_class, model_id, fallback, **kwargs):
         raise ValueError(f"model_id must be a hub id like 'google/vit-base-patch16-224', got {model_id!r}")
     if not (callable(fallback) or os.path.isdir(str(fallback))):
         raise ValueError(f"fallback must be a callable or an existing directory, got {fallback!r}")
-    online = hub_available()
+    online = keep_hub_kernels_off_offline()
     try:
         loaded = model_class.from_pretrained(model_id, local_files_only=not online, **kwargs)
         print(f"Loaded {model_id} ({'from the hub' if online else 'from the local hub cache'}).")

@@ -39,6 +39,16 @@ class MultiHeadAttention(nn.Module):
         B, N, _ = x.shape
         return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def project_qkv(self, x, context):
+        """q (B, N, D), k and v (B, M, D). Self-attention (``context is x``) runs the q and kv
+        projections as one matrix product with their weights stacked, as timm's fused ``qkv`` does:
+        one large product is faster on a GPU than two smaller ones."""
+        if context is x:
+            weight = torch.cat([self.q.weight, self.kv.weight])  # (3D, D)
+            bias = None if self.q.bias is None else torch.cat([self.q.bias, self.kv.bias])
+            return F.linear(x, weight, bias).chunk(3, dim=-1)
+        return (self.q(x), *self.kv(context).chunk(2, dim=-1))
+
     def forward(self, x, context=None, attn_mask=None, return_attention=False):
         check_rank("x", x, 3, "(batch, tokens, embed_dim)")
         context = x if context is None else context
@@ -49,9 +59,8 @@ class MultiHeadAttention(nn.Module):
             if tokens.shape[2] != projection.in_features:
                 raise ValueError(f"{name} must have {projection.in_features} features (embed_dim), "
                                  f"got {tokens.shape[2]}")
-        q = self.split_heads(self.q(x))
-        k, v = self.kv(context).chunk(2, dim=-1)
-        k, v = self.split_heads(k), self.split_heads(v)
+        q, k, v = self.project_qkv(x, context)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         dropout = self.dropout if self.training else 0.0
         if return_attention:
             weights = attention_weights(q, k, attn_mask)

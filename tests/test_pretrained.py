@@ -1,14 +1,30 @@
+import os
 import time
 
 import pytest
 from transformers import AutoImageProcessor, ViTForImageClassification
 
-from homl16.pretrained import hub_available, load_hub_dataset, load_pretrained, local_checkpoint
+from homl16.pretrained import (
+    hub_available,
+    keep_hub_kernels_off_offline,
+    load_hub_dataset,
+    load_pretrained,
+    local_checkpoint,
+)
 from homl16.vit import small_hf_vit
 
 
 def test_hub_is_off_when_hf_hub_offline_is_set():
     assert hub_available() is False
+
+
+def test_offline_transformers_does_not_fetch_hub_kernels_unless_the_user_asked(monkeypatch):
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")  # a user's own choice stays
+    assert keep_hub_kernels_off_offline() is False
+    assert os.environ["USE_HUB_KERNELS"] == "YES"
+    monkeypatch.delenv("USE_HUB_KERNELS")
+    keep_hub_kernels_off_offline()
+    assert os.environ["USE_HUB_KERNELS"] == "NO"
 
 
 def test_offline_fallback_is_instant_and_says_what_it_used(capsys, tmp_path, monkeypatch):

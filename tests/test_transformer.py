@@ -33,6 +33,21 @@ def test_cross_attention_with_a_mask_matches_torch(return_attention):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_self_attention_stacks_q_and_kv_into_one_product_with_the_same_results():
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(embed_dim=16, num_heads=4).eval()
+    x = torch.randn(2, 5, 16)
+    expected, _ = torch_attention_like(attention, 16, 4)(x, x, x)
+    torch.testing.assert_close(attention(x), expected, rtol=1e-5, atol=1e-5)
+    gradients = []
+    for context in (None, x.clone()):  # self-attention (one stacked product), then two products
+        attention.zero_grad()
+        attention(x, context).square().sum().backward()
+        gradients.append([p.grad.clone() for p in attention.parameters()])
+    for stacked, separate in zip(*gradients):
+        torch.testing.assert_close(stacked, separate, rtol=1e-5, atol=1e-6)
+
+
 def test_additive_bias_shifts_attention():
     attention = MultiHeadAttention(embed_dim=8, num_heads=2).eval()
     x = torch.randn(1, 3, 8)

@@ -18,6 +18,7 @@ from homl16.data.photos import PHOTO_NAMES, load_photo, photos_dataset
 from homl16.data.shapes import ACTIONS, COLOURS, SHAPES, ShapesWorld, shapes_dataset, shapes_video_dataset
 
 __all__ = ["ACTIONS", "COLOURS", "PHOTO_NAMES", "SHAPES", "ShapesWorld", "cached_dataset", "image_dataset",
-           "image_files", "image_to_tensor", "load_digits", "load_food101", "load_image", "load_image_folder", "load_mnist",
-           "load_pets", "load_photo", "photos_dataset", "read_images", "shapes_dataset", "shapes_food_stand_in", "shapes_pets_stand_in",
-           "shapes_video_dataset", "to_pil_rgb", "to_tensors"]
+           "image_files", "image_to_tensor", "load_digits", "load_food101", "load_image",
+           "load_image_folder", "load_mnist", "load_pets", "load_photo", "photos_dataset", "read_images",
+           "shapes_dataset", "shapes_food_stand_in", "shapes_pets_stand_in", "shapes_video_dataset",
+           "to_pil_rgb", "to_tensors"]
