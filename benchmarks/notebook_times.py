@@ -90,16 +90,15 @@ def main():
 
     def run(path):
         seconds, peak_mib, ok = execute(path, args.inplace)
-        print(f"| {path.name} | {seconds:.0f} | {peak_mib:.0f} |" + ("" if ok else " FAILED"), flush=True)
-        return seconds, peak_mib, ok
+        row = f"| {path.name} | {seconds:.0f} | {peak_mib:.0f} |" + ("" if ok else " FAILED")
+        print(row, flush=True)  # as each one ends
+        return row, seconds
 
-    paths = select(args.prefixes)
     start = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(run, paths))
-    for path, (seconds, peak_mib, ok) in zip(paths, results):
-        lines.append(f"| {path.name} | {seconds:.0f} | {peak_mib:.0f} |" + ("" if ok else " FAILED"))
-    lines.append(f"| total | {sum(r[0] for r in results):.0f} | |")
+        results = list(pool.map(run, select(args.prefixes)))  # rows in the order given
+    lines += [row for row, _ in results]
+    lines.append(f"| total | {sum(seconds for _, seconds in results):.0f} | |")
     if args.jobs > 1:
         lines.append(f"| wall time, {args.jobs} at a time | {time.perf_counter() - start:.0f} | |")
     table = "\n".join(lines) + "\n"

@@ -7,7 +7,6 @@ expects inputs normalised with mean 0.5 and std 0.5. Notebooks use it where the 
 pretrained CNN: the encoder of Show, Attend and Tell, DETR's backbone, VideoBERT's clip features.
 """
 
-import os
 import zlib
 from functools import cache
 from importlib import resources
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from homl16.checks import check_images, check_positive, check_rank
-from homl16.runtime import cache_dir, get_device
+from homl16.runtime import cache_dir, get_device, write_once
 
 STRIDES = (2, 4, 8, 16, 32)
 
@@ -131,7 +130,5 @@ def cached_feature_maps(X, stride=32, batch_size=32, device=None):
     maps = torch.cat([model.feature_map(X[i:i + batch_size].to(device), stride).cpu()
                       for i in range(0, len(X), batch_size)])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(maps, tmp)
-    tmp.replace(path)  # whole or absent: a notebook run beside this one never reads half a file
+    write_once(path, lambda tmp: torch.save(maps, tmp))  # never half a file for a notebook run alongside
     return maps

@@ -46,7 +46,7 @@ def cache_dir():
 
 
 def write_once(path, write):
-    """Create the folder ``path`` with ``write(tmp)`` into a temporary sibling, then move it into place.
+    """Create the file or folder ``path`` with ``write(tmp)`` into a temporary sibling, then move it in place.
 
     A crash mid-write never leaves a half-written entry behind, and several processes building the same
     entry at once (torchrun, notebooks run side by side) are safe: the first to finish wins.
@@ -58,6 +58,9 @@ def write_once(path, write):
     write(tmp)
     try:
         tmp.rename(path)
-    except OSError:  # another process moved its copy into place first
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # another process moved its copy (a folder) into place first
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     return path

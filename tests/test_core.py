@@ -157,6 +157,16 @@ def test_write_once_keeps_the_first_copy_and_leaves_no_temporary_folder(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "racing"]
 
 
+def test_write_once_also_writes_a_single_file_whole(tmp_path):
+    from homl16.runtime import write_once
+
+    target = tmp_path / "features.pt"
+    write_once(target, lambda tmp: torch.save(torch.arange(3), tmp))
+    write_once(target, lambda tmp: torch.save(torch.arange(5), tmp))  # already there: not rewritten
+    assert torch.load(target).tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["features.pt"]
+
+
 def test_minimise_is_deterministic_for_a_seed():
     from homl16.train import adamw_one_cycle, minimise
 
