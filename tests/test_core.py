@@ -163,7 +163,7 @@ def test_write_once_also_writes_a_single_file_whole(tmp_path):
     target = tmp_path / "features.pt"
     write_once(target, lambda tmp: torch.save(torch.arange(3), tmp))
     write_once(target, lambda tmp: torch.save(torch.arange(5), tmp))  # already there: not rewritten
-    assert torch.load(target).tolist() == [0, 1, 2]
+    assert torch.load(target, weights_only=True).tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["features.pt"]
 
 
