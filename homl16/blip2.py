@@ -368,8 +368,8 @@ def train_stage1(model, image_tokens, input_ids, padding, decode_ids, epochs, ba
         if name not in frozen:
             groups["pretrained" if name in pretrained else "new"].append(parameter)
     optimizer, scheduler = adamw_one_cycle([{"params": groups["pretrained"], "lr": lr},
-                                            {"params": groups["new"], "lr": new_lr}], epochs,
-                                           -(-len(input_ids) // batch_size))
+                                            {"params": groups["new"], "lr": new_lr}], lr,
+                                           len(input_ids), batch_size, epochs)
     generator = torch.Generator().manual_seed(seed)
     history = {"epoch": [], "itc": [], "itm": [], "lm": [], "seconds": []}
     start = time.perf_counter()
@@ -488,8 +488,7 @@ def pretrain_lm(lm, input_ids, attention_mask, epochs, batch_size=128, lr=3e-3, 
     Returns a history with per-epoch loss and seconds."""
     device = device or get_device()
     lm.to(device).train()
-    optimizer, scheduler = adamw_one_cycle([{"params": list(lm.parameters()), "lr": lr}], epochs,
-                                           -(-len(input_ids) // batch_size), weight_decay=0.01)
+    optimizer, scheduler = adamw_one_cycle(lm, lr, len(input_ids), batch_size, epochs, weight_decay=0.01)
 
     def batch_loss(batch):
         ids, mask = input_ids[batch].to(device), attention_mask[batch].to(device)
@@ -579,7 +578,7 @@ def train_stage2(model, image_tokens, input_ids, attention_mask, epochs, batch_s
     old = [p for n, p in model.qformer.named_parameters() if n in pretrained and p.requires_grad]
     groups = [{"params": list(model.projection.parameters()) + new, "lr": lr},
               {"params": old, "lr": qformer_lr}]
-    optimizer, scheduler = adamw_one_cycle(groups, epochs, -(-len(input_ids) // batch_size))
+    optimizer, scheduler = adamw_one_cycle(groups, lr, len(input_ids), batch_size, epochs)
 
     def batch_loss(batch):
         length = int(attention_mask[batch].sum(dim=1).max())

@@ -345,8 +345,8 @@ def train_dalle(model, text_ids, image_ids, epochs, batch_size=64, lr=2e-3, weig
     check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.to(device)
-    optimizer, scheduler = adamw_one_cycle([{"params": list(model.parameters()), "lr": lr}], epochs,
-                                           -(-len(text_ids) // batch_size), weight_decay)
+    optimizer, scheduler = adamw_one_cycle(model, lr, len(text_ids), batch_size, epochs,
+                                           weight_decay)
 
     def batch_loss(batch):
         return dalle_loss(model, text_ids[batch].to(device), image_ids[batch].to(device))

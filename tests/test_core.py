@@ -174,7 +174,7 @@ def test_minimise_is_deterministic_for_a_seed():
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
         X, y = torch.randn(40, 3), torch.randn(40, 1)
-        optimizer, scheduler = adamw_one_cycle([{"params": list(model.parameters()), "lr": 0.1}], 3, 4)
+        optimizer, scheduler = adamw_one_cycle(model, 0.1, len(X), 10, 3)
         loss = lambda batch: F.mse_loss(model(X[batch]), y[batch])  # noqa: E731
         return minimise(model, loss, len(X), 3, optimizer, scheduler, batch_size=10, seed=seed)["loss"]
 
