@@ -25,8 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from homl16.checks import check_rank, check_tensor
+from homl16.contrastive import symmetric_infonce
+from homl16.efficientnet import add_coordinates, standardise
 from homl16.runtime import get_device
-from homl16.show_attend_tell import add_coordinates, standardise
 from homl16.train import adamw_one_cycle, minimise
 from homl16.transformer import MLP, MultiHeadAttention
 
@@ -305,10 +306,7 @@ def query_similarity(image_embeds, text_embeds):
 
 def itc_loss(similarity, temperature):
     """Symmetric InfoNCE over a (B, B) similarity matrix (pair i matches pair i) / the temperature."""
-    check_rank("similarity", similarity, 2, "(images, texts)")
-    logits = similarity / temperature.clamp(min=0.001)
-    targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    return symmetric_infonce(similarity / temperature.clamp(min=0.001))
 
 
 def hard_negatives(logits, same):

@@ -22,22 +22,20 @@ from tqdm.auto import tqdm
 from homl16.checks import (
     check_ids,
     check_positive,
-    check_probability,
     check_rank,
     check_strings,
     check_tensor,
 )
-from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld, relation
+from homl16.contrastive import symmetric_infonce
+from homl16.data.captions import describe
+from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld
 from homl16.runtime import get_device
 from homl16.train import predict, tensor_batches
-from homl16.transformer import EncoderBlock
+from homl16.transformer import EncoderBlock, causal_mask
 from homl16.vit import ViT
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clips the learned scale at 100, i.e. a temperature >= 0.01
 PROMPT_TEMPLATE = "This is a photo of a {}."
-# Alt-text on the web often reads "a photo of ..."; the synthetic captions get a few such wrappers too.
-CAPTION_TEMPLATES = ("{}", "{}", "a photo of {}", "This is a photo of {}.", "a picture of {}",
-                     "an image of {}")
 # One held-out colour per shape: each colour and each shape is still seen, never these pairs together.
 HELD_OUT_COMBINATIONS = (("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "diamond"))
 
@@ -58,9 +56,7 @@ def clip_loss(image_embeds, text_embeds, logit_scale):
     check_tensor("logit_scale", logit_scale)
     image_embeds = F.normalize(image_embeds, dim=-1)
     text_embeds = F.normalize(text_embeds, dim=-1)
-    logits = image_embeds @ text_embeds.T * logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (B, B)
-    targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    return symmetric_infonce(image_embeds @ text_embeds.T * logit_scale.clamp(max=MAX_LOGIT_SCALE).exp())
 
 
 class ImageEncoder(nn.Module):
@@ -80,12 +76,6 @@ class ImageEncoder(nn.Module):
 
     def forward(self, X):
         return self.projection(self.vit.forward_features(X)[:, 0])  # class token's final state -> (B, P)
-
-
-def causal_mask(length, device=None):
-    """(L, L) boolean mask, True where token i may attend to token j (j <= i)."""
-    check_positive("length", length, integer=True)
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
 class TextEncoder(nn.Module):
@@ -157,33 +147,6 @@ def small_clip(tokenizer, image_size=32, patch_size=4, embed_dim=64, image_depth
 
 
 # ---------------------------------------------------------------- captions and tokenizer
-
-def object_phrase(obj, rng, keep=(0.5, 0.25), generic=0.1):
-    """'a small red circle', with the size and the colour kept with probabilities ``keep``;
-    when the colour is kept, the shape is called just "shape" with probability ``generic``.
-
-    The colour is named least often on purpose: it is the easiest cue, and if every caption
-    named it, it alone would tell most pairs of a batch apart, leaving shapes little to learn from.
-    """
-    if len(keep) != 2:
-        raise ValueError(f"keep must be a pair (p_size, p_colour), got {keep!r}")
-    for name, p in (("keep[0]", keep[0]), ("keep[1]", keep[1]), ("generic", generic)):
-        check_probability(name, p)
-    words = [w for w, p in zip((obj.size, obj.colour), keep) if rng.random() < p]
-    noun = "shape" if obj.colour in words and rng.random() < generic else obj.shape
-    return " ".join(["a", *words, noun])
-
-
-def describe(objects, rng, keep=(0.5, 0.25), templates=CAPTION_TEMPLATES):
-    """A varied caption of a scene's objects (1 or 2), like noisy web alt-text:
-    'a photo of a red circle left of a large square'. Drawn from ``rng`` (a numpy Generator)."""
-    if not 1 <= len(objects) <= 2:
-        raise ValueError(f"describe takes scenes of 1 or 2 objects, got {len(objects)}")
-    text = object_phrase(objects[0], rng, keep)
-    if len(objects) == 2:
-        text += f" {relation(*objects)} {object_phrase(objects[1], rng, keep)}"
-    return templates[rng.integers(len(templates))].format(text)
-
 
 def train_caption_tokenizer(captions, vocab_size=400):
     """A CLIP tokenizer (byte-level BPE, ``</w>`` word ends) trained on ``captions`` with `tokenizers`."""
@@ -342,18 +305,6 @@ def zero_shot_classify(model, tokenizer, X, class_names, template=PROMPT_TEMPLAT
     image_embeds = encode_images(model, X, device=device)
     scale = model.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp().cpu()
     return (scale * image_embeds @ text_embeds.T).softmax(dim=-1)
-
-
-def recall_at_k(similarity, k):
-    """Share of queries whose match is among their top ``k``: similarity (N queries, N items),
-    the match of query i being item i."""
-    check_rank("similarity", similarity, 2, "(queries, items)")
-    if similarity.shape[0] != similarity.shape[1]:
-        raise ValueError(f"similarity must be square (query i matches item i), got {tuple(similarity.shape)}")
-    if not 1 <= k <= similarity.shape[1]:
-        raise ValueError(f"k must be between 1 and {similarity.shape[1]}, got {k}")
-    top = similarity.topk(k, dim=1).indices  # (N, k)
-    return (top == torch.arange(len(similarity)).unsqueeze(1)).any(dim=1).float().mean().item()
 
 
 # ---------------------------------------------------------------- to transformers

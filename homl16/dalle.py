@@ -24,11 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from homl16.checks import check_ids, check_images, check_positive, check_rank, check_strings, check_tensor
-from homl16.clip import causal_mask, describe
+from homl16.data.captions import describe
 from homl16.data.shapes import COLOURS, SHAPES, SIZES
 from homl16.runtime import get_device
 from homl16.train import adamw_one_cycle, minimise, tensor_batches
-from homl16.transformer import EncoderBlock
+from homl16.transformer import EncoderBlock, causal_mask
 
 # ---------------------------------------------------------------- stage 1: the image tokenizer
 

@@ -132,3 +132,25 @@ def cached_feature_maps(X, stride=32, batch_size=32, device=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     write_once(path, lambda tmp: torch.save(maps, tmp))  # never half a file for a notebook run alongside
     return maps
+
+
+def add_coordinates(maps, scale=1.0):
+    """Append two channels holding each cell's (x, y) centre in [-scale, scale] ("CoordConv"), so that
+    the attended context also says *where* it was taken: (B, C, H, W) -> (B, C + 2, H, W)."""
+    check_rank("maps", maps, 4, "(batch, channels, height, width)")
+    B, _, H, W = maps.shape
+    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=maps.device, dtype=maps.dtype)
+    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=maps.device, dtype=maps.dtype)
+    grid = scale * torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x then y
+    return torch.cat([maps, grid.expand(B, 2, H, W)], dim=1)
+
+
+def standardise(maps, mean=None, std=None):
+    """Per-channel standardisation of feature maps (N, C, H, W) with the given (or their own)
+    statistics -> (standardised maps, mean (1, C, 1, 1), std (1, C, 1, 1))."""
+    check_rank("maps", maps, 4, "(batch, channels, height, width)")
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (the training set's statistics) or neither")
+    if mean is None:
+        mean, std = maps.mean(dim=(0, 2, 3), keepdim=True), maps.std(dim=(0, 2, 3), keepdim=True) + 1e-5
+    return (maps - mean) / std, mean, std

@@ -96,7 +96,7 @@ def train(model, batch_loss, num_items, optimizer, epochs=None, steps=None, batc
     """
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs and steps")
-    check_positive("epochs" if steps is None else "steps", epochs or steps, integer=True)
+    check_positive("epochs" if steps is None else "steps", epochs if steps is None else steps, integer=True)
     check_positive("num_items", num_items, integer=True)
     check_positive("batch_size", batch_size, integer=True)
     if drop_last and batch_size > num_items:
@@ -167,7 +167,8 @@ def fit(model, train_data, epochs, optimizer, scheduler=None, loss_fn=F.cross_en
         return {"loss": loss_fn(logits, y_batch), "accuracy": torch.tensor(accuracy(logits, y_batch))}
 
     def valid_scores():
-        return {f"valid_{k}": v for k, v in evaluate(model, *valid_data, loss_fn=loss_fn, device=device).items()}
+        scores = evaluate(model, *valid_data, loss_fn=loss_fn, device=device)
+        return {f"valid_{k}": v for k, v in scores.items()}
 
     history = train(model, batch_loss, len(X), optimizer, epochs=epochs, batch_size=batch_size,
                     scheduler=scheduler, evaluate=valid_scores if valid_data is not None else None,

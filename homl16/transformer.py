@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_rank
+from homl16.checks import check_divisible, check_positive, check_rank
 
 
 class MultiHeadAttention(nn.Module):
@@ -120,3 +120,9 @@ class EncoderBlock(nn.Module):
         x = x + self.dropout(attended)
         x = x + self.mlp(self.norm2(x))
         return (x, weights) if return_attention else x
+
+
+def causal_mask(length, device=None):
+    """(L, L) boolean mask, True where token i may attend to token j (j <= i)."""
+    check_positive("length", length, integer=True)
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()

@@ -7,17 +7,18 @@ course's tensor, or split back into the list.
 """
 
 import torch
-from torch import nn
 
 
 def linear_pairs(ours, theirs):
     """The (weight, bias) pairs of two ``nn.Linear`` (or ``nn.LayerNorm``, conv) modules of one shape.
     Either side may be a list of modules that are joined along the output dimension."""
     def tensors(module, name):
-        return [getattr(m, name) for m in module] if isinstance(module, (list, tuple)) else getattr(module, name)
+        if isinstance(module, (list, tuple)):
+            return [getattr(m, name) for m in module]
+        return getattr(module, name)
 
-    names = ["weight"] + (["bias"] if (ours.bias if not isinstance(ours, (list, tuple)) else ours[0].bias)
-                          is not None else [])
+    first = ours[0] if isinstance(ours, (list, tuple)) else ours
+    names = ["weight"] if first.bias is None else ["weight", "bias"]
     return [(tensors(ours, n), tensors(theirs, n)) for n in names]
 
 
@@ -26,7 +27,7 @@ def module_pairs(ours, theirs):
     a = list(ours.state_dict().values())
     b = list(theirs.state_dict().values())
     if len(a) != len(b):
-        raise ValueError(f"the modules hold {len(a)} vs {len(b)} tensors: they do not have the same structure")
+        raise ValueError(f"the modules hold {len(a)} vs {len(b)} tensors: not the same structure")
     return list(zip(a, b))
 
 

@@ -13,9 +13,7 @@ from homl16.clip import (
     ImageEncoder,
     TextEncoder,
     clip_loss,
-    describe,
     grouped_clip_loss,
-    recall_at_k,
     seen_combinations,
     shapes_clip_data,
     small_clip,
@@ -25,6 +23,8 @@ from homl16.clip import (
     train_clip,
     zero_shot_classify,
 )
+from homl16.contrastive import recall_at_k
+from homl16.data.captions import describe
 from homl16.data.shapes import ShapeObject
 
 CAPTIONS = ["a small red circle left of a large blue square", "This is a photo of a green triangle.",

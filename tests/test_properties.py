@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from homl16.boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
-from homl16.clip import recall_at_k
+from homl16.contrastive import recall_at_k
 from homl16.data.convert import to_pil_rgb
 from homl16.dino import cosine_schedule
 from homl16.segment import mean_iou

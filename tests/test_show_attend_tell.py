@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from homl16.data.shapes import ShapeObject, caption_for, relation
+from homl16.efficientnet import add_coordinates
 from homl16.show_attend_tell import (
     AdditiveAttention,
     CaptionDecoder,
     Vocabulary,
-    add_coordinates,
     attention_in_box,
     canonical_caption,
     caption_accuracy,
