@@ -796,8 +796,8 @@ def train_course_blip2(device=None):
     """Notebook 14's recipe from start to end: stage 1 on 1,000 shapes scenes, the small OPT pre-trained on
     their captions and frozen, stage 2. Returns the transformers (model, processor) of ``to_hf_blip2``."""
     from homl16.bert import load_bert, load_bert_tokenizer
+    from homl16.data.tasks import shapes_caption_data
     from homl16.efficientnet import cached_feature_maps
-    from homl16.show_attend_tell import shapes_caption_data
 
     X, captions, _ = shapes_caption_data(1000, split="train")
     maps = cached_feature_maps(F.interpolate(X, size=128, mode="bilinear", align_corners=False), stride=16)

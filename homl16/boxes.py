@@ -7,7 +7,7 @@ in any unit (pixels, or normalised to [0, 1] as DETR predicts them).
 import numpy as np
 import torch
 
-from homl16.checks import check_probability, check_tensor
+from homl16.checks import check_positive, check_probability, check_rank, check_tensor
 
 
 def check_boxes(name, boxes, listed=False):
@@ -137,3 +137,34 @@ def mean_average_precision(predictions, targets, iou_threshold=0.5):
             scores.extend(box_scores.tolist())
         ap_per_class[c] = average_precision(scores, hits, num_targets)
     return {"map": float(np.mean(list(ap_per_class.values()))), "ap_per_class": ap_per_class}
+
+
+def pack_targets(boxes, labels, image_size, max_objects):
+    """Per-image lists of pixel boxes [[x0, y0, x1, y1], ...] and labels -> one padded tensor
+    (N, max_objects, 5): label, then (cx, cy, w, h) normalised by ``image_size``; padding rows have
+    label -1. One tensor lets ``homl16.train.tensor_batches`` shuffle and batch the targets."""
+    if len(boxes) != len(labels):
+        raise ValueError(f"got {len(boxes)} box lists but {len(labels)} label lists")
+    check_positive("image_size", image_size)
+    check_positive("max_objects", max_objects, integer=True)
+    packed = torch.zeros(len(boxes), max_objects, 5)
+    packed[:, :, 0] = -1
+    for i, (image_boxes, image_labels) in enumerate(zip(boxes, labels)):
+        if len(image_boxes) > max_objects:
+            raise ValueError(f"image {i} has {len(image_boxes)} objects, more than max_objects={max_objects}")
+        if len(image_boxes) != len(image_labels):
+            raise ValueError(f"image {i} has {len(image_boxes)} boxes but {len(image_labels)} labels")
+        if len(image_boxes):
+            corners = torch.tensor(image_boxes, dtype=torch.float32) / image_size
+            packed[i, :len(image_boxes), 0] = torch.tensor(image_labels, dtype=torch.float32)
+            packed[i, :len(image_boxes), 1:] = xyxy_to_cxcywh(corners)
+    return packed
+
+
+def unpack_targets(packed):
+    """(B, max_objects, 5) padded targets -> list of B dicts {labels (n,) long, boxes (n, 4) cxcywh}."""
+    check_rank("packed", packed, 3, "(batch, max_objects, 5)")
+    if packed.shape[2] != 5:
+        raise ValueError(f"packed must have shape (batch, max_objects, 5), got {tuple(packed.shape)}")
+    keep = packed[:, :, 0] >= 0
+    return [{"labels": row[k, 0].long(), "boxes": row[k, 1:]} for row, k in zip(packed, keep)]

@@ -13,7 +13,6 @@ import json
 import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +26,8 @@ from homl16.checks import (
     check_tensor,
 )
 from homl16.contrastive import symmetric_infonce
-from homl16.data.captions import describe
-from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld
+from homl16.data.shapes import COLOURS, SHAPES
+from homl16.data.tasks import shapes_clip_data
 from homl16.runtime import get_device
 from homl16.train import predict, tensor_batches
 from homl16.transformer import EncoderBlock, causal_mask
@@ -69,9 +68,8 @@ class ImageEncoder(nn.Module):
     def __init__(self, img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4, ff_dim=128,
                  projection_dim=64):
         super().__init__()
-        self.vit = ViT(img_size, patch_size, 3, 1, embed_dim, depth, num_heads, ff_dim, dropout=0.0)
-        self.vit.head = nn.Identity()  # no classifier: the projection below replaces it
-        self.vit.pre_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.vit = ViT(img_size, patch_size, 3, 0, embed_dim, depth, num_heads, ff_dim, dropout=0.0,
+                       pre_norm=True)  # no classifier: the projection below replaces it
         self.projection = nn.Linear(embed_dim, projection_dim, bias=False)
 
     def forward(self, X):
@@ -174,32 +172,6 @@ def tokenize(tokenizer, texts, max_length=32):
 
 
 # ---------------------------------------------------------------- data
-
-def images_to_tensor(images):
-    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) scaled to [-1, 1] (mean 0.5, std 0.5)."""
-    if len(images) == 0:
-        raise ValueError("images is empty")
-    images = np.stack(images)
-    if images.ndim != 4 or images.shape[3] != 3:
-        raise ValueError(f"images must be (N, H, W, 3) RGB arrays, got shape {images.shape}")
-    X = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return (X - 0.5) / 0.5
-
-
-def shapes_clip_data(num_scenes, seed=0, split="train", min_objects=1, max_objects=2, image_size=32,
-                     combinations=None, describe_seed=None):
-    """Shapes-world scenes for CLIP: (images (N, 3, S, S) in [-1, 1], captions, scenes).
-
-    Captions are drawn by ``describe`` (from ``describe_seed``, default ``seed``); the scenes keep
-    the objects' shapes and colours, for zero-shot labels.
-    """
-    world = ShapesWorld(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
-                        combinations=combinations)
-    scenes = world.scenes(num_scenes, seed, split)
-    rng = np.random.default_rng(seed if describe_seed is None else describe_seed)
-    captions = [describe(scene.objects, rng) for scene in scenes]
-    return images_to_tensor([scene.image for scene in scenes]), captions, scenes
-
 
 def seen_combinations(held_out=HELD_OUT_COMBINATIONS):
     """Every (colour, shape) pair except the ``held_out`` ones."""

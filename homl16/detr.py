@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from tqdm.auto import tqdm
 
-from homl16.boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
+from homl16.boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, unpack_targets
 from homl16.checks import check_positive, check_rank
 from homl16.runtime import get_device
 from homl16.train import tensor_batches
@@ -99,49 +99,6 @@ class DETR(nn.Module):
             raise ValueError(f"features must have {self.in_channels} channels, got {features.shape[1]}")
         *earlier, last = [self.heads(x) for x in self.decode(self.encode(features))]
         return {**last, "aux": earlier}
-
-
-def pack_targets(boxes, labels, image_size, max_objects):
-    """Per-image lists of pixel boxes [[x0, y0, x1, y1], ...] and labels -> one padded tensor
-    (N, max_objects, 5): label, then (cx, cy, w, h) normalised by ``image_size``; padding rows have
-    label -1. One tensor lets ``homl16.train.tensor_batches`` shuffle and batch the targets."""
-    if len(boxes) != len(labels):
-        raise ValueError(f"got {len(boxes)} box lists but {len(labels)} label lists")
-    check_positive("image_size", image_size)
-    check_positive("max_objects", max_objects, integer=True)
-    packed = torch.zeros(len(boxes), max_objects, 5)
-    packed[:, :, 0] = -1
-    for i, (image_boxes, image_labels) in enumerate(zip(boxes, labels)):
-        if len(image_boxes) > max_objects:
-            raise ValueError(f"image {i} has {len(image_boxes)} objects, more than max_objects={max_objects}")
-        if len(image_boxes) != len(image_labels):
-            raise ValueError(f"image {i} has {len(image_boxes)} boxes but {len(image_labels)} labels")
-        if len(image_boxes):
-            corners = torch.tensor(image_boxes, dtype=torch.float32) / image_size
-            packed[i, :len(image_boxes), 0] = torch.tensor(image_labels, dtype=torch.float32)
-            packed[i, :len(image_boxes), 1:] = xyxy_to_cxcywh(corners)
-    return packed
-
-
-def shapes_detection_data(num_scenes, seed=0, split="train", image_size=64, min_objects=1, max_objects=3):
-    """Shapes-world scenes for detection: X float (N, 3, H, W) in [0, 1] and padded targets
-    (N, max_objects, 5) (label = shape id, then normalised cx, cy, w, h; see ``pack_targets``)."""
-    from homl16.data.convert import to_tensors
-    from homl16.data.shapes import shapes_dataset
-
-    dataset = shapes_dataset(num_scenes, seed, split, image_size=image_size, min_objects=min_objects,
-                             max_objects=max_objects)
-    X, _ = to_tensors(dataset)
-    return X, pack_targets(dataset["boxes"], dataset["box_labels"], image_size, max_objects)
-
-
-def unpack_targets(packed):
-    """(B, max_objects, 5) padded targets -> list of B dicts {labels (n,) long, boxes (n, 4) cxcywh}."""
-    check_rank("packed", packed, 3, "(batch, max_objects, 5)")
-    if packed.shape[2] != 5:
-        raise ValueError(f"packed must have shape (batch, max_objects, 5), got {tuple(packed.shape)}")
-    keep = packed[:, :, 0] >= 0
-    return [{"labels": row[k, 0].long(), "boxes": row[k, 1:]} for row, k in zip(packed, keep)]
 
 
 def check_predictions(scores, boxes, scores_name):

@@ -5,7 +5,6 @@ Train with ``homl16.train.fit``: per-pixel logits (B, C, H, W) and masks (B, H, 
 cross-entropy and accuracy (which is then pixel accuracy).
 """
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,18 +13,6 @@ from homl16.checks import check_ids, check_positive, check_rank, check_tensor
 from homl16.data.shapes import SHAPES
 
 CLASS_NAMES = ("background",) + tuple(SHAPES)
-
-
-def shapes_segmentation_data(num_scenes, seed=0, split="train", image_size=64, **world_options):
-    """Shapes scenes as tensors: X float (N, 3, H, W) in [0, 1], masks long (N, H, W) with
-    0 = background and shape id + 1 for each object pixel (``CLASS_NAMES``). Cached on disk."""
-    from homl16.data.convert import to_tensors
-    from homl16.data.shapes import shapes_dataset
-
-    dataset = shapes_dataset(num_scenes, seed, split, image_size=image_size, **world_options)
-    X, _ = to_tensors(dataset)
-    masks = torch.from_numpy(np.stack([np.asarray(m) for m in dataset["mask"]])).long()
-    return X, masks
 
 
 class SegmentationHead(nn.Module):
@@ -96,8 +83,7 @@ class ViTSegmenter(nn.Module):
         from homl16.vit import ViT
 
         super().__init__()
-        self.vit = ViT(img_size=img_size, patch_size=patch_size, num_classes=1, **vit_options)
-        self.vit.head = nn.Identity()
+        self.vit = ViT(img_size=img_size, patch_size=patch_size, num_classes=0, **vit_options)
         self.grid_size = img_size // patch_size
         self.head = SegmentationHead([self.vit.cls_token.shape[-1]], num_classes, head_dim)
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from homl16.checks import check_ids, check_positive, check_rank, check_strings
-from homl16.data.shapes import COLOURS, SHAPES, ShapesWorld, caption_for, relation
+from homl16.data.shapes import COLOURS, SHAPES
 from homl16.runtime import get_device
 
 RELATION_WORDS = ("left", "right", "above", "below")
@@ -192,34 +192,6 @@ class Vocabulary:
 
 
 # ---------------------------------------------------------------- shapes-world data
-
-def caption_order(objects):
-    """The objects in the order a canonical caption names them: one object as it is; of two, first
-    the one on the left (when they differ most horizontally) or on top (when they differ most
-    vertically), so that the relation is always "left of" or "above"."""
-    if len(objects) != 2:
-        return sorted(objects, key=lambda o: o.center[0])
-    first, second = objects
-    return [second, first] if relation(first, second) in ("right of", "below") else [first, second]
-
-
-def canonical_caption(scene):
-    """The shapes-world caption with the objects in ``caption_order``, so that each image has
-    exactly one correct caption (``ShapesWorld`` names two objects in random order)."""
-    return caption_for(caption_order(scene.objects))
-
-
-def shapes_caption_data(num_scenes, seed=0, split="train", image_size=64, min_objects=1, max_objects=2):
-    """Shapes scenes for captioning: (X float (N, 3, S, S) in [0, 1], canonical captions, scenes
-    whose ``objects`` are in ``caption_order``, i.e. in the order the captions name them)."""
-    world = ShapesWorld(image_size=image_size, min_objects=min_objects, max_objects=max_objects)
-    scenes = world.scenes(num_scenes, seed, split)
-    for scene in scenes:
-        scene.objects = caption_order(scene.objects)
-    captions = [caption_for(scene.objects) for scene in scenes]
-    X = torch.from_numpy(np.stack([scene.image for scene in scenes])).permute(0, 3, 1, 2).float() / 255
-    return X.contiguous(), captions, scenes
-
 
 # ---------------------------------------------------------------- training
 

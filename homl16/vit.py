@@ -41,7 +41,9 @@ class PatchEmbedding(nn.Module):
 class ViT(nn.Module):
     """Vision Transformer classifier.
 
-    forward: (B, in_channels, img_size, img_size) -> logits (B, num_classes).
+    forward: (B, in_channels, img_size, img_size) -> logits (B, num_classes), or the class token's
+    final state (B, embed_dim) when ``num_classes=0`` (no head). ``pre_norm=True`` adds a LayerNorm
+    on the embedded tokens before the encoder, as CLIP's image tower has.
     ``forward_features`` returns the normalised tokens (B, 1 + N, embed_dim), class token first;
     with ``return_attention=True`` both also return one (B, num_heads, 1 + N, 1 + N) map per layer.
     With ``interpolate_pos_encoding=True`` both accept other image sizes (the position embeddings
@@ -49,7 +51,7 @@ class ViT(nn.Module):
     """
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000,
-                 embed_dim=768, depth=12, num_heads=12, ff_dim=3072, dropout=0.1):
+                 embed_dim=768, depth=12, num_heads=12, ff_dim=3072, dropout=0.1, pre_norm=False):
         super().__init__()
         check_divisible("img_size", img_size, patch_size, "patch_size")
         self.img_size = img_size
@@ -61,9 +63,9 @@ class ViT(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             EncoderBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(depth))
-        self.pre_norm = nn.Identity()  # CLIP's image tower puts a LayerNorm here
+        self.pre_norm = nn.LayerNorm(embed_dim, eps=1e-6) if pre_norm else nn.Identity()  # CLIP's has one
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, X, return_attention=False, interpolate_pos_encoding=False):
         if interpolate_pos_encoding:  # any size divisible by the patch size (e.g. DINO's small crops)
@@ -133,7 +135,7 @@ def paired_parameters(vit, hf_model):
                                     (attention.k_proj.weight, attention.k_proj.bias),
                                     (attention.v_proj.weight, attention.v_proj.bias)):
             pairs += [(ours[:len(key)], key), (ours[len(key):], value)]
-    if hasattr(hf_model, "classifier"):
+    if hasattr(hf_model, "classifier") and isinstance(vit.head, nn.Linear):
         modules.append((vit.head, hf_model.classifier))
     for ours, theirs in modules:
         pairs += [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]

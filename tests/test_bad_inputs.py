@@ -41,7 +41,7 @@ from homl16 import (
     weights,
     widgets,
 )
-from homl16.data import captions, convert, digits, food, pets, photos, shapes
+from homl16.data import captions, convert, digits, food, pets, photos, shapes, tasks
 
 matplotlib.use("Agg")
 
@@ -254,8 +254,8 @@ CASES = [
          match="captions must be a list of strings"),
     case(clip.tokenize, None, "a red circle", raises=TypeError, match="texts must be a list of strings"),
     case(clip.tokenize, None, [], match="texts is empty"),
-    case(clip.images_to_tensor, [], match="images is empty"),
-    case(clip.images_to_tensor, [np.zeros((8, 8), np.uint8)], match=r"images must be \(N, H, W, 3\)"),
+    case(tasks.images_to_tensor, [], match="images is empty"),
+    case(tasks.images_to_tensor, [np.zeros((8, 8), np.uint8)], match=r"images must be \(N, H, W, 3\)"),
     case(clip.grouped_clip_loss, torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor(1.0), 1,
          match="group_size"),
     case(clip.train_clip, SMALL_CLIP, images(), torch.ones(2, 2, dtype=torch.long), 0, match="epochs"),
@@ -322,11 +322,11 @@ CASES = [
     case(detr.DETR, 2, 4, num_queries=0, match="num_queries must be positive"),
     case(DETR, torch.zeros(1, 3, 2, 2), match="features must have 4 channels"),
     case(DETR, torch.zeros(3, 2, 2), match="features must have shape"),
-    case(detr.pack_targets, [[[0, 0, 1, 1]]], [[0], [1]], 8, 2, match="1 box lists but 2 label lists"),
-    case(detr.pack_targets, [[[0, 0, 1, 1]] * 3], [[0] * 3], 8, 2, match="more than max_objects=2"),
-    case(detr.pack_targets, [[[0, 0, 1, 1]]], [[0, 1]], 8, 2, match="image 0 has 1 boxes but 2 labels"),
-    case(detr.pack_targets, [[[0, 0, 1, 1]]], [[0]], 0, 2, match="image_size must be positive"),
-    case(detr.unpack_targets, torch.zeros(1, 2, 4),
+    case(boxes.pack_targets, [[[0, 0, 1, 1]]], [[0], [1]], 8, 2, match="1 box lists but 2 label lists"),
+    case(boxes.pack_targets, [[[0, 0, 1, 1]] * 3], [[0] * 3], 8, 2, match="more than max_objects=2"),
+    case(boxes.pack_targets, [[[0, 0, 1, 1]]], [[0, 1]], 8, 2, match="image 0 has 1 boxes but 2 labels"),
+    case(boxes.pack_targets, [[[0, 0, 1, 1]]], [[0]], 0, 2, match="image_size must be positive"),
+    case(boxes.unpack_targets, torch.zeros(1, 2, 4),
          match=r"packed must have shape \(batch, max_objects, 5\)"),
     case(detr.hungarian_match, torch.zeros(1, 3, 3), torch.zeros(1, 3, 4), [TARGET, TARGET],
          match="2 targets"),
@@ -575,6 +575,7 @@ MODULES = [
     "weights",
     "data.captions",
     "data.convert",
+    "data.tasks",
     "data.digits",
     "data.food",
     "data.pets",

@@ -183,8 +183,8 @@ def test_transformers_blip2_generates_the_same_tokens_as_the_course_model(tmp_pa
     from PIL import Image
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
+    from homl16.data.tasks import shapes_caption_data
     from homl16.efficientnet import frozen_cnn
-    from homl16.show_attend_tell import shapes_caption_data
 
     X, captions, scenes = shapes_caption_data(4, split="test")
     maps = frozen_cnn().feature_map(F.interpolate(X, size=128, mode="bilinear", align_corners=False), 16)

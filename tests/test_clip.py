@@ -15,7 +15,6 @@ from homl16.clip import (
     clip_loss,
     grouped_clip_loss,
     seen_combinations,
-    shapes_clip_data,
     small_clip,
     to_hf_clip,
     tokenize,
@@ -26,6 +25,7 @@ from homl16.clip import (
 from homl16.contrastive import recall_at_k
 from homl16.data.captions import describe
 from homl16.data.shapes import ShapeObject
+from homl16.data.tasks import shapes_clip_data
 
 CAPTIONS = ["a small red circle left of a large blue square", "This is a photo of a green triangle.",
             "a photo of a purple diamond above a yellow circle", "an image of an orange square"]

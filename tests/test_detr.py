@@ -4,16 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from homl16.boxes import cxcywh_to_xyxy, generalized_box_iou
+from homl16.boxes import cxcywh_to_xyxy, generalized_box_iou, pack_targets, unpack_targets
 from homl16.detr import (
     DETR,
     detections,
     hungarian_match,
     matched_iou,
-    pack_targets,
     set_loss,
     sine_position_encoding,
-    unpack_targets,
 )
 
 

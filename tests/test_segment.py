@@ -1,12 +1,12 @@
 import pytest
 import torch
 
+from homl16.data.tasks import shapes_segmentation_data
 from homl16.segment import (
     CLASS_NAMES,
     SegmentationHead,
     intersection_over_union,
     mean_iou,
-    shapes_segmentation_data,
 )
 from homl16.train import accuracy
 

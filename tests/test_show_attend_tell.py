@@ -3,20 +3,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from homl16.data.captions import canonical_caption, caption_order
 from homl16.data.shapes import ShapeObject, caption_for, relation
+from homl16.data.tasks import shapes_caption_data
 from homl16.efficientnet import add_coordinates
 from homl16.show_attend_tell import (
     AdditiveAttention,
     CaptionDecoder,
     Vocabulary,
     attention_in_box,
-    canonical_caption,
     caption_accuracy,
     caption_loss,
-    caption_order,
     cell_centres_in_box,
     greedy_captions,
-    shapes_caption_data,
     train_captioner,
     word_referents,
 )

@@ -4,7 +4,7 @@ Used by the models trained on image-caption pairs (CLIP, DALL·E, BLIP-2).
 """
 
 from homl16.checks import check_probability
-from homl16.data.shapes import relation
+from homl16.data.shapes import caption_for, relation
 
 # Alt-text on the web often reads "a photo of ..."; the synthetic captions get a few such wrappers too.
 CAPTION_TEMPLATES = ("{}", "{}", "a photo of {}", "This is a photo of {}.", "a picture of {}",
@@ -36,3 +36,19 @@ def describe(objects, rng, keep=(0.5, 0.25), templates=CAPTION_TEMPLATES):
     if len(objects) == 2:
         text += f" {relation(*objects)} {object_phrase(objects[1], rng, keep)}"
     return templates[rng.integers(len(templates))].format(text)
+
+
+def caption_order(objects):
+    """The objects in the order a canonical caption names them: one object as it is; of two, first
+    the one on the left (when they differ most horizontally) or on top (when they differ most
+    vertically), so that the relation is always "left of" or "above"."""
+    if len(objects) != 2:
+        return sorted(objects, key=lambda o: o.center[0])
+    first, second = objects
+    return [second, first] if relation(first, second) in ("right of", "below") else [first, second]
+
+
+def canonical_caption(scene):
+    """The shapes-world caption with the objects in ``caption_order``, so that each image has
+    exactly one correct caption (``ShapesWorld`` names two objects in random order)."""
+    return caption_for(caption_order(scene.objects))
