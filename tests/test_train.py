@@ -91,3 +91,15 @@ def test_the_notebook_progress_bar_is_saved_in_its_final_state():
     assert len(outputs) == 1 and "application/vnd.jupyter.widget-view+json" not in outputs[0].get("data", {})
     text = outputs[0]["data"]["text/plain"]
     assert text.startswith("demo: 100%") and "50/50" in text
+
+
+def test_the_seed_offset_shifts_set_seed_and_the_batch_order(monkeypatch):
+    from homl16.runtime import set_seed
+
+    seed_2 = run(2)[1]["step_loss"]
+    monkeypatch.setenv("HOML16_SEED_OFFSET", "1")
+    assert set_seed(42) == 43
+    assert run(1)[1]["step_loss"] == seed_2  # seed 1 + offset 1 is seed 2
+    monkeypatch.setenv("HOML16_SEED_OFFSET", "-1")
+    with pytest.raises(ValueError, match="non-negative integer"):
+        set_seed(42)
