@@ -402,7 +402,8 @@ def train_steps(model, logits_fn, ids, extra, steps, batch_size, lr, pad_id, ign
 
     history = train(model, batch_loss, len(ids), optimizer, steps=steps, batch_size=batch_size,
                     scheduler=scheduler, clip_grad=1.0, after_step=after_step, seed=seed, desc=desc)
-    result = {"step": list(range(1, steps + 1)), "loss": history["step_loss"], "seconds": history["seconds"][-1]}
+    result = {"step": list(range(1, steps + 1)), "loss": history["step_loss"],
+              "seconds": history["seconds"][-1]}
     if record_gates is not None:
         result["gates"] = torch.stack(recorded)
     return result
