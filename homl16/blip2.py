@@ -113,7 +113,7 @@ def lm_targets(input_ids, attention_mask):
 def pretrain_lm(lm, input_ids, attention_mask, epochs, batch_size=128, lr=3e-3, device=None, seed=42,
                 desc="language model"):
     """Train the causal LM on caption text alone, then freeze it (no gradients, eval mode).
-    Returns a history with per-epoch loss and seconds."""
+    Returns train's history: per-epoch loss."""
     device = device or get_device()
     lm.to(device).train()
     optimizer, scheduler = adamw_one_cycle(lm, lr, len(input_ids), batch_size, epochs, weight_decay=0.01)
@@ -196,7 +196,9 @@ def train_stage2(model, image_tokens, input_ids, attention_mask, epochs, batch_s
     """Train the new parts (projection, query tokens, cross-attention: at ``lr``) and the pretrained
     BERT layers of the Q-Former (at ``qformer_lr``) of a ``Blip2Captioner``; the Q-Former's word
     embeddings (unused here) and the frozen LM get no update.
-    Returns a history of per-epoch lists: epoch, loss, seconds."""
+    Returns train's history: per-epoch loss."""
+    if not len(image_tokens) == len(input_ids) == len(attention_mask):
+        raise ValueError("image_tokens, input_ids and attention_mask must have the same length")
     device = device or get_device()
     model.to(device)
     model.qformer.word_embeddings.requires_grad_(False)

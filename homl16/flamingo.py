@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_rank, check_tensor
+from homl16.checks import check_positive, check_rank, check_tensor
 from homl16.runtime import get_device
 from homl16.train import adamw_one_cycle, train
 from homl16.transformer import MLP, MultiHeadAttention
@@ -378,6 +378,7 @@ def train_steps(model, logits_fn, ids, extra, steps, batch_size, lr, pad_id, ign
     ``homl16.train.train``: ``logits_fn(inputs (B, L'))`` (or ``logits_fn(inputs, extra[rows])``) gives
     logits (B, L', V). AdamW without weight decay, one-cycle schedule, gradients clipped at 1.
     Returns {"step", "loss" (per step), "seconds" (total)} and "gates" (steps, ...) of ``record_gates()``."""
+    check_positive("steps", steps, integer=True)
     device = device or get_device()
     model.to(device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
