@@ -593,6 +593,8 @@ CASES = [
     case(blip2.train_stage2, None, torch.randn(3, 5, 3), torch.ones(2, 4, dtype=torch.long),
          torch.ones(2, 4, dtype=torch.long), 1, match="same length"),
     case(blip2.course_blip2_checkpoint, model=object(), match="give both model and processor"),
+    case(blip2.visual_tokens, torch.randn(2, 3, 4), match="maps must have shape"),
+    case(blip2.FrozenCNNVision(), [images()], raises=TypeError, match="pixel_values must be a torch.Tensor"),
     # Flamingo
     case(RESAMPLER, torch.randn(1, 5, 4), match="features must have shape"),
     case(RESAMPLER, torch.randn(1, 1, 1, 5, 3), match="must have 4 channels"),
