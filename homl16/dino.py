@@ -12,16 +12,15 @@ Everything runs in one process: there is no ``torch.distributed`` all-reduce of 
 
 import copy
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from homl16 import augment
 from homl16.checks import check_positive, check_probability, check_rank, check_tensor
 from homl16.runtime import get_device
+from homl16.train import train
 
 
 class MultiCrop:
@@ -162,7 +161,8 @@ def update_center(center, teacher_out, momentum=0.9):
 
 
 class DINOLoss(nn.Module):
-    """``dino_loss`` with its centre kept as a buffer and updated (``update_center``) after each call.
+    """``dino_loss`` with its centre kept as a buffer; ``update_center(teacher_out)`` moves the centre
+    (``update_center``) after a training step.
 
     ``centering=False`` keeps the centre at zero; sharpening comes from ``teacher_temp`` being lower
     than ``student_temp`` (set them equal to switch it off).
@@ -179,10 +179,12 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(out_dim))
 
     def forward(self, student_out, teacher_out):
-        loss = dino_loss(student_out, teacher_out, self.center, self.student_temp, self.teacher_temp)
+        return dino_loss(student_out, teacher_out, self.center, self.student_temp, self.teacher_temp)
+
+    def update_center(self, teacher_out):
+        """Move the centre towards the mean of teacher_out (V, B, K) (a no-op without centering)."""
         if self.centering:
             self.center = update_center(self.center, teacher_out, self.center_momentum)
-        return loss
 
 
 def cosine_schedule(start, end, steps, warmup_steps=0, warmup_start=0.0):
@@ -246,8 +248,10 @@ def train_dino(student, X, multi_crop, epochs, loss_fn, lr=1e-3, weight_decay=(0
     linearly for ``warmup_epochs`` then decays (cosine) to 1% of it, weight decay follows a cosine
     from ``weight_decay[0]`` to ``weight_decay[1]``, the teacher momentum from ``momentum[0]`` to
     ``momentum[1]``; the head's prototypes stay frozen for ``freeze_prototypes_epochs``.
-    ``loss_fn`` is a ``DINOLoss``. Returns (teacher, history): history has per-step lists loss, lr,
-    momentum, teacher_entropy, batch_entropy, center_spread, and seconds (total training time).
+    ``loss_fn`` is a ``DINOLoss``. The loop is ``homl16.train.train``: after every step the teacher
+    and the centre move (``after_step``). Returns (teacher, history): ``train``'s history (per-epoch
+    means of loss, teacher_entropy, batch_entropy, center_spread, their per-step "step_*" lists,
+    "seconds") plus the per-step schedules "step_lr" and "step_momentum".
     """
     check_positive("batch_size", batch_size, integer=True)
     if epochs < 1 or len(X) < batch_size:
@@ -257,7 +261,7 @@ def train_dino(student, X, multi_crop, epochs, loss_fn, lr=1e-3, weight_decay=(0
     student.to(device).train()
     loss_fn.to(device)
     teacher = make_teacher(student)
-    generator = torch.Generator().manual_seed(seed)
+    crop_generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(X) // batch_size  # drop the last partial batch: every step sees full batches
     steps = epochs * steps_per_epoch
     lrs = cosine_schedule(lr * batch_size / 256, lr * batch_size / 256 / 100, steps,
@@ -267,39 +271,31 @@ def train_dino(student, X, multi_crop, epochs, loss_fn, lr=1e-3, weight_decay=(0
     decayed = [p for p in student.parameters() if p.ndim > 1]  # no weight decay on biases and norms
     others = [p for p in student.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decayed}, {"params": others, "weight_decay": 0.0}])
-    history = {k: [] for k in ("loss", "lr", "momentum", "teacher_entropy", "batch_entropy", "center_spread")}
-    start, step = time.perf_counter(), 0
-    # at most one bar refresh a second: a notebook's output channel drops messages beyond about a thousand
-    bar = tqdm(total=steps, desc=desc, unit="step", mininterval=1.0)
-    for epoch in range(epochs):
-        student.head.prototypes.requires_grad_(epoch >= freeze_prototypes_epochs)
-        order = torch.randperm(len(X), generator=generator)
-        for i in range(steps_per_epoch):
-            crops = multi_crop(X[order[i * batch_size:(i + 1) * batch_size]].to(device), generator=generator)
-            for group in optimizer.param_groups:
-                group["lr"] = lrs[step].item()
-            optimizer.param_groups[0]["weight_decay"] = weight_decays[step].item()
-            with torch.no_grad():
-                teacher_out = teacher(crops[:2])
-            student_out = student(crops)
-            diagnostics = collapse_diagnostics(teacher_out, loss_fn.center, loss_fn.teacher_temp)
-            loss = loss_fn(student_out, teacher_out)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad:
-                nn.utils.clip_grad_norm_(student.parameters(), clip_grad)
-            optimizer.step()
-            ema_update(teacher, student, momenta[step].item())
-            for name, value in [("loss", loss.item()), ("lr", lrs[step].item()),
-                                ("momentum", momenta[step].item()), *diagnostics.items()]:
-                history[name].append(value)
-            step += 1
-            bar.update()
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", entropy=f"{diagnostics['teacher_entropy']:.2f}",
-                                refresh=False)
-    bar.close()
-    history["seconds"] = time.perf_counter() - start
+    last = {}  # the teacher's outputs of the current step, for the centre update
+
+    def set_schedules(step):  # step: 0-based index of the step about to run
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[step].item()
+        optimizer.param_groups[0]["weight_decay"] = weight_decays[step].item()
+        student.head.prototypes.requires_grad_(step >= freeze_prototypes_epochs * steps_per_epoch)
+
+    def batch_loss(indices):
+        crops = multi_crop(X[indices].to(device), generator=crop_generator)
+        with torch.no_grad():
+            last["teacher_out"] = teacher(crops[:2])
+        diagnostics = collapse_diagnostics(last["teacher_out"], loss_fn.center, loss_fn.teacher_temp)
+        return {"loss": loss_fn(student(crops), last["teacher_out"]), **diagnostics}
+
+    def after_step(step):  # step: 1-based count of the steps taken
+        ema_update(teacher, student, momenta[step - 1].item())
+        loss_fn.update_center(last["teacher_out"])
+        if step < steps:
+            set_schedules(step)
+
+    set_schedules(0)
+    history = train(student, batch_loss, len(X), optimizer, epochs=epochs, batch_size=batch_size,
+                    clip_grad=clip_grad or None, after_step=after_step, drop_last=True, seed=seed, desc=desc)
+    history.update(step_lr=lrs.tolist(), step_momentum=momenta.tolist())
     return teacher.eval(), history
 
 

@@ -14,14 +14,15 @@ cross-attention instead.
 """
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from homl16.checks import check_images, check_rank, check_tensor
+from homl16.train import train
 from homl16.transformer import EncoderBlock, MultiHeadAttention
+from homl16.weights import copy_weights, linear_pairs
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, as in transformers' Perceiver
 
@@ -148,8 +149,13 @@ class PerceiverEncoder(nn.Module):
         super().__init__()
         if num_blocks < 1 or num_latents < 1 or self_attends_per_block < 1:
             raise ValueError("num_blocks, num_latents and self_attends_per_block must be at least 1")
-        self.input_dim, self.num_blocks = input_dim, num_blocks
-        self.cross_attend_every_block = cross_attend_every_block
+        self.input_dim, self.num_latents, self.latent_dim = input_dim, num_latents, latent_dim
+        self.num_blocks, self.self_attends_per_block = num_blocks, self_attends_per_block
+        self.num_self_attention_heads, self.num_cross_attention_heads = (num_self_attention_heads,
+                                                                         num_cross_attention_heads)
+        self.self_attention_widening_factor = self_attention_widening_factor
+        self.cross_attention_widening_factor = cross_attention_widening_factor
+        self.share_weights, self.cross_attend_every_block = share_weights, cross_attend_every_block
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim) * 0.02)
         num_cross = (min(2, num_blocks) if share_weights else num_blocks) if cross_attend_every_block else 1
         self.cross_attends = nn.ModuleList(
@@ -190,9 +196,8 @@ class PerceiverClassifier(nn.Module):
         super().__init__()
         self.encode_pixels = FourierPositionalEncoding(image_size, num_bands, max_resolution, in_channels)
         self.encoder = PerceiverEncoder(self.encode_pixels.output_dim, **encoder_options)
-        latent_dim = self.encoder.latents.shape[1]
-        self.norm = nn.LayerNorm(latent_dim, eps=LAYER_NORM_EPS)
-        self.head = nn.Linear(latent_dim, num_classes)
+        self.norm = nn.LayerNorm(self.encoder.latent_dim, eps=LAYER_NORM_EPS)
+        self.head = nn.Linear(self.encoder.latent_dim, num_classes)
 
     def forward(self, images, return_attention=False):
         latents = self.encoder(self.encode_pixels(images), return_attention=return_attention)
@@ -234,8 +239,7 @@ class PerceiverIOSegmenter(nn.Module):
         self.encode_pixels = FourierPositionalEncoding(image_size, num_bands, in_channels=in_channels)
         self.encoder = PerceiverEncoder(self.encode_pixels.output_dim, **encoder_options)
         self.query_embed = nn.Linear(self.encode_pixels.features.shape[1], query_dim)
-        latent_dim = self.encoder.latents.shape[1]
-        self.decoder = PerceiverIODecoder(query_dim, latent_dim, num_classes, decoder_heads,
+        self.decoder = PerceiverIODecoder(query_dim, self.encoder.latent_dim, num_classes, decoder_heads,
                                           decoder_widening_factor, decoder_query_residual)
 
     def output_queries(self, batch_size):
@@ -308,23 +312,24 @@ def saved_activation_bytes(model, x):
     return sum(seen.values())
 
 
-def time_forward_backward(model, x, repeats=3, warmup=1):
-    """Median seconds of one training step's compute, ``model(x).sum().backward()``, over ``repeats``
-    (``model``: a module or any function of ``x``; its gradients are cleared afterwards)."""
-    check_tensor("x", x)
-    times = []
-    for i in range(warmup + repeats):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(x).float().sum().backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    if isinstance(model, nn.Module):
-        model.zero_grad(set_to_none=True)
-    return sorted(times)[len(times) // 2]
+def time_training_steps(model, inputs, repeats=3, warmup=1, forward=None, desc="timing"):
+    """Median seconds of one training step of ``model`` on each tensor of the list ``inputs``.
+
+    A step is the course's training loop (``homl16.train.train``) minimising ``forward(x).sum()``
+    (``forward`` defaults to ``model``; give one to time e.g. a transformers model's output) with a
+    zero learning rate, so the weights stay as they are: forward, backward and an optimiser step.
+    Each input gets ``warmup`` untimed steps, then ``repeats`` timed ones. -> list of seconds.
+    """
+    forward = forward or model
+    runs = [x for x in inputs for _ in range(warmup + repeats)]
+    step_inputs = iter(runs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    # one item and batches of one: train logs "seconds" after every step
+    ends = train(model, lambda _: forward(next(step_inputs)).float().sum(), num_items=1, optimizer=optimizer,
+                 steps=len(runs), batch_size=1, desc=desc)["seconds"]
+    durations = torch.tensor(ends).diff(prepend=torch.zeros(1)).view(len(inputs), warmup + repeats)
+    model.zero_grad(set_to_none=True)
+    return durations[:, warmup:].median(dim=1).values.tolist()
 
 
 class GlobalSelfAttention(nn.Module):
@@ -341,18 +346,19 @@ class GlobalSelfAttention(nn.Module):
 
 
 def measure_input_scaling(token_counts, models, input_dim, batch_size=1, repeats=3, device="cpu", seed=0):
-    """Time (forward + backward) and activation memory of each model as the number of input tokens grows.
+    """Time (one training step) and activation memory of each model as the number of input tokens grows.
 
     models: {name: module taking (B, M, input_dim)}. -> list of rows {model, tokens, seconds, bytes}.
     """
     rows = []
     for name, model in models.items():
-        model.to(device).train()
-        for tokens in token_counts:
-            torch.manual_seed(seed)
-            x = torch.randn(batch_size, tokens, input_dim, device=device)
-            rows.append({"model": name, "tokens": tokens, "seconds": time_forward_backward(model, x, repeats),
-                         "bytes": saved_activation_bytes(model, x)})
+        model.to(device)
+        inputs = [torch.randn(batch_size, tokens, input_dim, device=device,
+                              generator=torch.Generator(device).manual_seed(seed)) for tokens in token_counts]
+        seconds = time_training_steps(model, inputs, repeats, desc=f"timing {name}")
+        rows += [{"model": name, "tokens": tokens, "seconds": step_seconds,
+                  "bytes": saved_activation_bytes(model, x)}
+                 for tokens, x, step_seconds in zip(token_counts, inputs, seconds)]
     return rows
 
 
@@ -364,50 +370,38 @@ def hf_perceiver_config(model):
     from transformers import PerceiverConfig
 
     encoder = model.encoder if hasattr(model, "encoder") else model
-    if encoder.cross_attend_every_block or len(encoder.latent_transformers) != 1:
+    if encoder.cross_attend_every_block or not encoder.share_weights:
         raise ValueError("transformers' PerceiverModel cross-attends once and shares the latent transformer: "
                          "build the encoder with cross_attend_every_block=False, share_weights=True")
-    num_latents, latent_dim = encoder.latents.shape
-    cross = encoder.cross_attends[0]
-    layers = encoder.latent_transformers[0]
     return PerceiverConfig(
-        num_latents=num_latents, d_latents=latent_dim, d_model=encoder.input_dim,
-        num_blocks=encoder.num_blocks,
-        num_self_attends_per_block=len(layers), num_self_attention_heads=layers[0].attn.num_heads,
-        num_cross_attention_heads=cross.attn.num_heads, qk_channels=latent_dim, v_channels=latent_dim,
-        cross_attention_widening_factor=cross.mlp[0].out_features // latent_dim,
-        self_attention_widening_factor=layers[0].mlp.fc1.out_features // latent_dim,
+        num_latents=encoder.num_latents, d_latents=encoder.latent_dim, d_model=encoder.input_dim,
+        num_blocks=encoder.num_blocks, num_self_attends_per_block=encoder.self_attends_per_block,
+        num_self_attention_heads=encoder.num_self_attention_heads,
+        num_cross_attention_heads=encoder.num_cross_attention_heads,
+        qk_channels=encoder.latent_dim, v_channels=encoder.latent_dim,
+        cross_attention_widening_factor=encoder.cross_attention_widening_factor,
+        self_attention_widening_factor=encoder.self_attention_widening_factor,
         hidden_act="gelu", attention_probs_dropout_prob=0.0, use_query_residual=True,
         image_size=getattr(getattr(model, "encode_pixels", None), "image_size", (224,))[0])
 
 
-def copy_linear(target, source):
-    target.weight.copy_(source.weight)
-    target.bias.copy_(source.bias)
-
-
-def copy_attention_to_hf(hf_layer, attention_norms, ours_attn, mlp_norm, mlp_fc1, mlp_fc2):
-    """Copy one of our attention layers (+ its MLP) into a transformers ``PerceiverLayer``:
-    fused key/value -> key and value, q -> query, proj -> output.dense."""
-    attention = hf_layer.attention
-    query_norm, context_norm = attention_norms
-    copy_linear(attention.self.layernorm1, query_norm)
+def perceiver_layer_pairs(hf_layer, query_norm, context_norm, attention, mlp_norm, mlp_fc1, mlp_fc2):
+    """(ours, transformers') tensor pairs of one attention layer and its MLP against a ``PerceiverLayer``:
+    q -> query, our fused key/value -> key and value, proj -> output.dense (``context_norm`` is None
+    for self-attention, whose context is its own normalised input)."""
+    hf_attention = hf_layer.attention
+    pairs = linear_pairs(query_norm, hf_attention.self.layernorm1)
     if context_norm is not None:
-        copy_linear(attention.self.layernorm2, context_norm)
-    copy_linear(attention.self.query, ours_attn.q)
-    key_weight, value_weight = ours_attn.kv.weight.chunk(2, dim=0)
-    key_bias, value_bias = ours_attn.kv.bias.chunk(2, dim=0)
-    attention.self.key.weight.copy_(key_weight)
-    attention.self.key.bias.copy_(key_bias)
-    attention.self.value.weight.copy_(value_weight)
-    attention.self.value.bias.copy_(value_bias)
-    copy_linear(attention.output.dense, ours_attn.proj)
-    copy_linear(hf_layer.layernorm, mlp_norm)
-    copy_linear(hf_layer.mlp.dense1, mlp_fc1)
-    copy_linear(hf_layer.mlp.dense2, mlp_fc2)
+        pairs += linear_pairs(context_norm, hf_attention.self.layernorm2)
+    pairs += linear_pairs(attention.q, hf_attention.self.query)
+    pairs += linear_pairs(attention.kv, [hf_attention.self.key, hf_attention.self.value])
+    pairs += linear_pairs(attention.proj, hf_attention.output.dense)
+    for ours, theirs in ((mlp_norm, hf_layer.layernorm), (mlp_fc1, hf_layer.mlp.dense1),
+                         (mlp_fc2, hf_layer.mlp.dense2)):
+        pairs += linear_pairs(ours, theirs)
+    return pairs
 
 
-@torch.no_grad()
 def to_hf_perceiver(model):
     """A transformers ``PerceiverModel`` (pixels + Fourier features preprocessor, no decoder) holding the
     weights of a ``PerceiverClassifier``'s encoder: its ``last_hidden_state`` equals our latents."""
@@ -423,13 +417,14 @@ def to_hf_perceiver(model):
             sine_only=False))
     hf = PerceiverModel(config, input_preprocessor=preprocessor).eval()
     encoder = model.encoder
-    hf.embeddings.latents.copy_(encoder.latents)
     cross = encoder.cross_attends[0]
-    copy_attention_to_hf(hf.encoder.cross_attention, (cross.query_norm, cross.context_norm), cross.attn,
-                         cross.norm, cross.mlp[0], cross.mlp[2])
-    for hf_layer, block in zip(hf.encoder.self_attends, encoder.latent_transformers[0]):
-        copy_attention_to_hf(hf_layer, (block.norm1, None), block.attn, block.norm2, block.mlp.fc1,
-                             block.mlp.fc2)
+    pairs = [(encoder.latents, hf.embeddings.latents)]
+    pairs += perceiver_layer_pairs(hf.encoder.cross_attention, cross.query_norm, cross.context_norm,
+                                   cross.attn, cross.norm, cross.mlp[0], cross.mlp[2])
+    for hf_layer, block in zip(hf.encoder.self_attends, encoder.latent_transformers[0], strict=True):
+        pairs += perceiver_layer_pairs(hf_layer, block.norm1, None, block.attn, block.norm2, block.mlp.fc1,
+                                       block.mlp.fc2)
+    copy_weights(pairs, to="transformers", model_name="Perceiver")
     return hf
 
 

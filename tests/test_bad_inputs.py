@@ -29,6 +29,7 @@ from homl16 import (
     efficientnet,
     flamingo,
     notebook,
+    perceiver,
     plot,
     pretrained,
     pvt,
@@ -129,6 +130,8 @@ MLP = transformer.MLP(8, 16)
 TARGET = {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
 RNG = np.random.default_rng(0)
 SHAPE = shapes.ShapeObject("circle", "red", "small", (10, 10), 4)
+PERCEIVER = perceiver.PerceiverClassifier(8, in_channels=1, num_latents=4, latent_dim=8, num_blocks=1,
+                                          self_attends_per_block=1, num_self_attention_heads=2)
 HF_SWIN = swin.small_hf_swin(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4)[0]
 QFORMER = qformer.QFormer(2, dim=8, num_layers=1, num_heads=2, ff_dim=8, image_dim=3, vocab_size=10,
                           max_positions=8)
@@ -419,6 +422,29 @@ CASES = [
     case(notebook.report, {"test accuracy": 0.5}, match="identifiers"),
     case(notebook.report, {"loss": float("nan")}, match="NaN"),
     case(runtime.set_seed, 1.5, match="seed must be a non-negative int"),
+    # ---------------------------------------------------------------- perceiver
+    case(perceiver.grid_positions, (0, 3), match="grid sizes must be positive"),
+    case(perceiver.fourier_features, torch.zeros(4, 2), 0, 8, match="num_bands must be at least 1"),
+    case(perceiver.fourier_features, torch.zeros(4, 2), 3, (8, 8, 8), match="max_resolution has 3 entries"),
+    case(perceiver.fourier_features, torch.zeros(4), 3, 8, match=r"positions must have shape"),
+    case(perceiver.FourierPositionalEncoding(8, in_channels=1), images(),
+         match="images must have 1 channels"),
+    case(PERCEIVER, images(channels=1, size=9), match="8x8"),
+    case(PERCEIVER.encoder, torch.zeros(2, 5, 3), match="inputs must have"),
+    case(PERCEIVER.encoder, torch.zeros(5, 3), match=r"inputs must have shape \(batch, tokens, channels\)"),
+    case(perceiver.PerceiverEncoder, 5, num_latents=0, match="must be at least 1"),
+    case(perceiver.CrossAttentionBlock(8, 4), torch.zeros(1, 2, 8), torch.zeros(3, 4), match="context"),
+    case(perceiver.PerceiverIODecoder(8, 8, 3), torch.zeros(2, 8), torch.zeros(1, 2, 8), match="queries"),
+    case(perceiver.MultimodalInputs, {}, match="at least one modality"),
+    case(perceiver.MultimodalInputs({"image": 4}), {"text": torch.zeros(1, 2, 4)},
+         match="expected modalities"),
+    case(perceiver.MultimodalInputs({"image": 4}), {"image": torch.zeros(1, 2, 5)}, match="4 channels"),
+    case(perceiver.attention_score_counts, 0, 8, match="must be positive"),
+    case(perceiver.saved_activation_bytes, PERCEIVER, np.zeros((1, 1, 8, 8)), raises=TypeError,
+         match="x must be a torch.Tensor"),
+    case(perceiver.hf_perceiver_config, perceiver.PerceiverEncoder(5, cross_attend_every_block=True),
+         match="cross_attend_every_block=False"),
+    case(perceiver.downsample, torch.zeros(8, 8), 2, match="images must have shape"),
     # ---------------------------------------------------------------- plot
     case(plot.to_numpy_image, torch.zeros(1, 3, 4, 4), match=r"image must be \(C, H, W\) or \(H, W\)"),
     case(plot.to_numpy_image, np.zeros(4), match="image must be 2-D or 3-D"),
@@ -627,6 +653,7 @@ MODULES = [
     "efficientnet",
     "flamingo",
     "notebook",
+    "perceiver",
     "plot",
     "pretrained",
     "pvt",

@@ -53,9 +53,11 @@ def test_center_update_is_the_documented_ema_of_the_teacher_mean():
     torch.testing.assert_close(update_center(center, teacher, momentum=1.0), center)
     loss_fn = DINOLoss(6, center_momentum=0.8)
     loss_fn(torch.randn(4, 5, 6), teacher)
+    assert torch.equal(loss_fn.center, torch.zeros(6))  # the loss itself leaves the centre alone
+    loss_fn.update_center(teacher)
     torch.testing.assert_close(loss_fn.center, 0.2 * teacher.mean((0, 1)))
     frozen = DINOLoss(6, centering=False)
-    frozen(torch.randn(4, 5, 6), teacher)
+    frozen.update_center(teacher)
     assert torch.equal(frozen.center, torch.zeros(6))
 
 
@@ -67,7 +69,8 @@ def test_teacher_gets_no_gradient_and_is_the_ema_of_the_student_after_a_step():
     teacher, history = train_dino(student, X, MultiCrop(16, 8, num_local=2), epochs=1,
                                   loss_fn=DINOLoss(8), momentum=(0.9, 1.0), batch_size=8,
                                   freeze_prototypes_epochs=0, device="cpu")
-    assert len(history["loss"]) == 1 and history["momentum"] == [pytest.approx(0.9)]
+    assert len(history["step_loss"]) == 1 and history["step_momentum"] == [pytest.approx(0.9)]
+    assert history["epoch"] == [1] and set(history) >= {"teacher_entropy", "batch_entropy", "center_spread"}
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     changed = 0
     for (name, s), t in zip(student.named_parameters(), teacher.parameters()):
