@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from homl16.checks import check_rank, check_tensor
+from homl16.runtime import seed_offset
 from homl16.train import adamw_one_cycle, train
 
 # The narrator's verb for each shapes-world action: single WordPiece tokens, so one [MASK] can hold each.
@@ -398,7 +399,7 @@ def train_videobert(model, tokenizer, texts, video_tokens, meanings, epochs, bat
         raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight}")
     if not len(texts) == len(video_tokens) == len(meanings):
         raise ValueError(f"{len(texts)} texts, {len(video_tokens)} videos, {len(meanings)} meanings")
-    generator = torch.Generator().manual_seed(seed)  # masking and negatives
+    generator = torch.Generator().manual_seed(seed + seed_offset())  # masking and negatives
     token_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = adamw_one_cycle(params, lr, len(texts), batch_size, epochs, weight_decay=0.01,

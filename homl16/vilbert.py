@@ -20,7 +20,7 @@ from homl16.boxes import check_boxes
 from homl16.checks import check_rank
 from homl16.data.shapes import COLOURS, SHAPES, SIZES, caption_for
 from homl16.efficientnet import frozen_cnn
-from homl16.runtime import get_device
+from homl16.runtime import get_device, seed_offset
 from homl16.train import adamw_one_cycle, train
 from homl16.transformer import MLP, EncoderBlock, MultiHeadAttention
 
@@ -385,7 +385,7 @@ def train_vilbert(model, data, epochs, batch_size=64, lr=2e-3, weight_decay=0.01
     seconds."""
     device = device or get_device()
     model.to(device)
-    generator = torch.Generator().manual_seed(seed)  # tasks, negatives and masks
+    generator = torch.Generator().manual_seed(seed + seed_offset())  # tasks, negatives and masks
     num_items = len(data["text"])
     optimizer, scheduler = adamw_one_cycle(model, lr, num_items, batch_size, epochs, weight_decay)
 
