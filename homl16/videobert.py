@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from homl16.checks import check_rank, check_tensor
+from homl16.runtime import seed_offset
+from homl16.train import adamw_one_cycle, train
 
 # The narrator's verb for each shapes-world action: single WordPiece tokens, so one [MASK] can hold each.
 VERBS = {"moves left": "pull", "moves right": "push", "moves up": "lift", "moves down": "drop",
@@ -385,45 +386,34 @@ def videobert_losses(model, tokenizer, texts, video_tokens, meanings, generator,
             "alignment": alignment_loss}
 
 
-def train_videobert(model, tokenizer, texts, video_tokens, meanings, steps, batch_size=32, lr=1e-4, seed=42,
+def train_videobert(model, tokenizer, texts, video_tokens, meanings, epochs, batch_size=32, lr=1e-4, seed=42,
                     alignment_weight=20.0):
-    """Train on matching (texts[i], video_tokens[i]) pairs for ``steps`` batches with AdamW and a linear
-    warm-up / decay; the loss is the sum of ``videobert_losses`` with the alignment loss multiplied by
-    ``alignment_weight`` (its gradient on the encoder starts 60 to 90 times smaller than the MLM losses':
-    the fresh head's small weights sit in between; unweighted, it stayed at log 2 in our runs). ``meanings``:
-    one hashable per pair, what a negative must differ in. Returns a history dict: one list per (unweighted)
-    loss, per step."""
+    """Train on matching (texts[i], video_tokens[i]) pairs for ``epochs`` passes with ``train.train``
+    (full batches only: a batch needs 2 pairs for its negatives) and AdamW with a one-cycle schedule.
+    The loss is the sum of ``videobert_losses`` with the alignment loss multiplied by ``alignment_weight``
+    (its gradient on the encoder starts 60 to 90 times smaller than the MLM losses': the fresh head's
+    small weights sit in between; unweighted, it stayed at log 2 in our runs). ``meanings``: one hashable
+    per pair, what a negative must differ in. Returns a history dict: one list per (unweighted) loss,
+    per step."""
     if alignment_weight < 0:
         raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight}")
     if not len(texts) == len(video_tokens) == len(meanings):
         raise ValueError(f"{len(texts)} texts, {len(video_tokens)} videos, {len(meanings)} meanings")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + seed_offset())  # masking and negatives
     token_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup + 1))))
-    history = {}
-    model.train()
-    order, position = torch.randperm(len(texts), generator=generator), 0
-    bar = tqdm(range(steps), desc="VideoBERT", unit="step")
-    for _ in bar:
-        if position + batch_size > len(order):
-            order, position = torch.randperm(len(texts), generator=generator), 0
-        index = order[position:position + batch_size].tolist()
-        position += batch_size
+    optimizer, scheduler = adamw_one_cycle(params, lr, len(texts), batch_size, epochs, weight_decay=0.01,
+                                           drop_last=True)
+
+    def batch_loss(index):
+        index = index.tolist()
         losses = videobert_losses(model, tokenizer, [token_ids[i] for i in index], video_tokens[index],
                                   [meanings[i] for i in index], generator)
-        loss = sum(losses.values()) + (alignment_weight - 1) * losses["alignment"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        for name, value in losses.items():
-            history.setdefault(name, []).append(value.item())
-        bar.set_postfix({name: f"{values[-1]:.2f}" for name, values in history.items()}, refresh=False)
-    return history
+        return {"loss": sum(losses.values()) + (alignment_weight - 1) * losses["alignment"], **losses}
+
+    history = train(model, batch_loss, len(texts), optimizer, epochs=epochs, batch_size=batch_size,
+                    scheduler=scheduler, drop_last=True, seed=seed, desc="VideoBERT")
+    return {name: history[f"step_{name}"] for name in ("text_mlm", "video_mlm", "joint_mlm", "alignment")}
 
 
 @torch.no_grad()

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from homl16.boxes import check_boxes
-from homl16.checks import check_rank, check_tensor
+from homl16.checks import check_rank
 from homl16.data.shapes import COLOURS, SHAPES, SIZES, caption_for
 from homl16.efficientnet import frozen_cnn
-from homl16.runtime import get_device
+from homl16.runtime import get_device, seed_offset
+from homl16.train import adamw_one_cycle, train
 from homl16.transformer import MLP, EncoderBlock, MultiHeadAttention
 
 RELATION_FLIPS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -56,7 +56,6 @@ def box_cell_weights(boxes, grid_size, image_size):
     boxes (..., 4) pixel corners, inclusive of their last pixel as in the shapes world;
     grid_size (h, w) of the feature map -> (..., h * w) weights.
     """
-    check_boxes("boxes", boxes)
     height, width = image_hw(image_size)
     h, w = grid_size
     boxes = boxes.float()
@@ -79,6 +78,7 @@ def region_features(maps, boxes, image_size):
     """
     check_rank("maps", maps, 4, "(batch, channels, height, width)")
     check_rank("boxes", boxes, 3, "(batch, regions, 4)")
+    check_boxes("boxes", boxes)
     if len(maps) != len(boxes):
         raise ValueError(f"maps and boxes batch sizes differ: {len(maps)} vs {len(boxes)}")
     weights = box_cell_weights(boxes, maps.shape[2:], image_size)  # (B, R, h*w)
@@ -175,8 +175,6 @@ class CoAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, text, visual, text_mask=None, visual_mask=None, return_attention=False):
-        check_rank("text", text, 3, "(batch, text_tokens, embed_dim)")
-        check_rank("visual", visual, 3, "(batch, visual_tokens, embed_dim)")
         from_visual = self.text_to_visual(self.text_query_norm(text), context=self.visual_kv_norm(visual),
                                           attn_mask=key_mask(visual_mask), return_attention=return_attention)
         from_text = self.visual_to_text(self.visual_query_norm(visual), context=self.text_kv_norm(text),
@@ -292,27 +290,10 @@ def one_word_negative(objects, kind, rng):
     return caption_for(replace_attribute(objects, index, kind, new))
 
 
-def lower_bert_layers(bert, num_layers):
-    """Keep only BERT's ``num_layers`` lowest transformer layers (in place; returns the model).
-
-    The text stream then continues in the co-attention layers' own text blocks. The top layers of a
-    sentence-embedding BERT such as all-MiniLM-L6-v2 blur word identity (every token state drifts
-    towards the sentence meaning), which makes "red" and "blue" hard to tell apart after the last layer.
-    """
-    layers = bert.encoder.layer
-    if not 1 <= num_layers <= len(layers):
-        raise ValueError(f"num_layers must be between 1 and {len(layers)}, got {num_layers}")
-    bert.encoder.layer = layers[:num_layers]
-    bert.config.num_hidden_layers = num_layers
-    return bert
-
-
 @torch.no_grad()
 def bert_text_states(bert, tokenizer, captions, max_length=16, batch_size=256, device=None):
     """Run the frozen BERT once: captions (list of N str) -> (states (N, L, E), mask (N, L) bool),
     on the CPU."""
-    if not captions:
-        raise ValueError("captions is empty")
     device = device or get_device()
     bert = bert.to(device).eval()
     tokens = tokenizer(list(captions), padding="max_length", truncation=True, max_length=max_length,
@@ -394,58 +375,38 @@ def sample_pairs(data, index, generator, hard_share=0.35, random_share=0.15, kee
 def train_vilbert(model, data, epochs, batch_size=64, lr=2e-3, weight_decay=0.01, hard_share=0.35,
                   random_share=0.15, region_share=0.3, mask_probability=0.3, region_weight=1.0, device=None,
                   seed=42, desc="ViLBERT"):
-    """Pre-train on the two tasks at once, each image of a batch serving one of them:
-    a share ``region_share`` of the images does masked region modelling (with its own caption, regions
-    masked with ``mask_probability``, KL to ``data["region_targets"]`` (N, R, K)); the others do
-    alignment (own caption, one-word negative (``hard_share``) or another image's caption
-    (``random_share``); cross-entropy on matching /
-    not matching, all regions visible: with two regions per image, masking one would often hide the very
-    object a one-word negative is about).
-    Returns a history dict of per-epoch lists: alignment_loss, region_kl, alignment_accuracy, seconds."""
-    import time
-
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    """Pre-train on the two tasks at once with ``train.train`` and AdamW + one-cycle, each image of a batch
+    serving one of them: a share ``region_share`` of the images does masked region modelling (with its
+    own caption, regions masked with ``mask_probability``, KL to ``data["region_targets"]`` (N, R, K)); the
+    others do alignment (own caption, one-word negative (``hard_share``) or another image's caption
+    (``random_share``); cross-entropy on matching / not matching, all regions visible: with two regions
+    per image, masking one would often hide the very object a one-word negative is about).
+    Returns a history dict of per-epoch lists: epoch, loss, alignment_loss, region_kl, alignment_accuracy,
+    seconds."""
     device = device or get_device()
     model.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * -(-len(data["text"]) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
-    history = {"epoch": [], "alignment_loss": [], "region_kl": [], "alignment_accuracy": [], "seconds": []}
-    start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch")
-    for epoch in bar:
-        model.train()
-        sums = np.zeros(3)
-        order = torch.randperm(len(data["text"]), generator=generator)
-        for i in range(0, len(order), batch_size):
-            index = order[i:i + batch_size]
-            for_regions = torch.rand(len(index), generator=generator) < region_share
-            batch = sample_pairs(data, index, generator, hard_share, random_share, keep=for_regions)
-            batch = batch.to(device)
-            features, masked = mask_regions(batch.features, batch.region_mask, mask_probability, generator)
-            for_regions = for_regions.to(device)
-            masked = masked & for_regions.unsqueeze(1)
-            features = torch.where(for_regions[:, None, None], features, batch.features)
-            out = model(batch.text, batch.text_mask, features, batch.spatial, batch.region_mask)
-            logits, is_match = out["alignment_logits"][~for_regions], batch.is_match[~for_regions]
-            alignment = F.cross_entropy(logits, is_match) if len(logits) else logits.sum() * 0.0
-            region = masked_region_kl(out["region_logits"], data["region_targets"][index].to(device), masked)
-            loss = alignment + region_weight * region
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            correct = (logits.argmax(1) == is_match).float().mean().item() if len(logits) else 0.0
-            sums += np.array([alignment.item(), region.item(), correct]) * len(index)
-        for key, value in zip(("alignment_loss", "region_kl", "alignment_accuracy"), sums / len(order)):
-            history[key].append(float(value))
-        history["epoch"].append(epoch)
-        history["seconds"].append(time.perf_counter() - start)
-        bar.set_postfix({k: f"{history[k][-1]:.3f}"
-                         for k in ("alignment_loss", "region_kl", "alignment_accuracy")})
-    return history
+    generator = torch.Generator().manual_seed(seed + seed_offset())  # tasks, negatives and masks
+    num_items = len(data["text"])
+    optimizer, scheduler = adamw_one_cycle(model, lr, num_items, batch_size, epochs, weight_decay)
+
+    def batch_loss(index):
+        for_regions = torch.rand(len(index), generator=generator) < region_share
+        batch = sample_pairs(data, index, generator, hard_share, random_share, keep=for_regions).to(device)
+        features, masked = mask_regions(batch.features, batch.region_mask, mask_probability, generator)
+        for_regions = for_regions.to(device)
+        masked = masked & for_regions.unsqueeze(1)
+        features = torch.where(for_regions[:, None, None], features, batch.features)
+        out = model(batch.text, batch.text_mask, features, batch.spatial, batch.region_mask)
+        logits, is_match = out["alignment_logits"][~for_regions], batch.is_match[~for_regions]
+        alignment = F.cross_entropy(logits, is_match) if len(logits) else logits.sum() * 0.0
+        region = masked_region_kl(out["region_logits"], data["region_targets"][index].to(device), masked)
+        correct = (logits.argmax(1) == is_match).float().mean() if len(logits) else torch.tensor(0.0)
+        return {"loss": alignment + region_weight * region, "alignment_loss": alignment, "region_kl": region,
+                "alignment_accuracy": correct}
+
+    history = train(model, batch_loss, num_items, optimizer, epochs=epochs, batch_size=batch_size,
+                    scheduler=scheduler, seed=seed, desc=desc)
+    return {k: v for k, v in history.items() if not k.startswith("step_")}
 
 
 @torch.no_grad()
@@ -466,7 +427,6 @@ def match_probabilities(model, text, text_mask, features, spatial, region_mask=N
 @torch.no_grad()
 def pair_scores(model, text, text_mask, features, spatial, region_mask=None, device=None):
     """Match probability of every (image, caption) pair: N images and M captions -> (N, M)."""
-    check_tensor("text", text)
     n, m = len(features), len(text)
     if region_mask is None:
         region_mask = torch.ones(features.shape[:2], dtype=torch.bool)
@@ -503,8 +463,6 @@ def masked_region_kl_eval(model, text, text_mask, features, spatial, region_targ
 
 def scene_tensors(scenes, max_regions=None):
     """Images (N, 3, S, S) in [0, 1], boxes (N, R, 4) padded with whole-image boxes, region_mask (N, R)."""
-    if not scenes:
-        raise ValueError("scenes is empty")
     max_regions = max_regions or max(len(s.boxes) for s in scenes)
     size = scenes[0].image.shape[0]
     images = torch.tensor(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
@@ -528,6 +486,11 @@ def shapes_vilbert_data(scenes, bert, tokenizer, negatives_per_scene=2, stride=8
     """
     from homl16.efficientnet import cached_feature_maps
 
+    if not scenes:
+        raise ValueError("scenes is empty")
+    if negatives_per_scene > len(NEGATIVE_KINDS) - 1 and any(len(s.objects) != 2 for s in scenes):
+        raise ValueError(f"negatives_per_scene must be at most {len(NEGATIVE_KINDS) - 1} when a scene "
+                         "has no two objects (relation negatives need two)")
     rng = np.random.default_rng(seed)
     images, boxes, region_mask = scene_tensors(scenes)
     size = images.shape[-1]

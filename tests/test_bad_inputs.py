@@ -15,6 +15,7 @@ import torch
 
 from homl16 import (
     augment,
+    bert,
     blip2,
     boxes,
     checks,
@@ -41,6 +42,8 @@ from homl16 import (
     swin,
     train,
     transformer,
+    videobert,
+    vilbert,
     vit,
     weights,
     widgets,
@@ -157,6 +160,27 @@ def tiny_bert():
 
 
 FLAMINGO = small_flamingo()
+
+
+def tiny_bert_mlm():
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=8, max_position_embeddings=16)
+    return BertForMaskedLM(config)
+
+
+class WordPieces:  # the attributes VideoBERT's probes read; no word is in its vocabulary
+    all_special_ids, unk_token_id = [0], 0
+
+    def convert_tokens_to_ids(self, words):
+        return [0] * len(words)
+
+
+VIDEOBERT = videobert.VideoBert(tiny_bert_mlm())
+VILBERT = vilbert.ViLBERT(text_dim=6, feature_dim=4, embed_dim=8, depth=1, num_heads=2, ff_dim=8,
+                          num_region_classes=3)
+REGIONS = vilbert.RegionEmbedding(feature_dim=4, embed_dim=8)
 
 CASES = [
     # ---------------------------------------------------------------- checks (the shared helpers)
@@ -549,6 +573,64 @@ CASES = [
          match="weights must have shape"),
     case(show_attend_tell.attention_in_box, [["a"]], torch.zeros(2, 1, 2, 2), [None], 16,
          match="lengths differ"),
+    # ---------------------------------------------------------------- bert, videobert, vilbert
+    case(bert.load_bert, model_id="", match="model_id must be a hub id"),
+    case(videobert.narration, "jumps", "red", "circle", match="action must be one of"),
+    case(videobert.narration, "grows", "red", "circle", template=9, match=r"template must be in \[0, 4\)"),
+    case(videobert.video_frames, [], match="the dataset is empty"),
+    case(videobert.clip_features, torch.zeros(2, 8, 4), 3, match="frames_per_clip=3 must be >= 2"),
+    case(videobert.kmeans, torch.zeros(4, 2), 0, match="k must be a positive int"),
+    case(videobert.kmeans, torch.zeros(4, 2, 1), 2, match="X must have shape"),
+    case(videobert.kmeans, torch.zeros(4, 2, dtype=torch.long), 2, raises=TypeError, match="floating-point"),
+    case(videobert.HierarchicalKMeans, 1, 2, match="k must be an int >= 2"),
+    case(videobert.HierarchicalKMeans, 2, 0, match="depth must be a positive int"),
+    case(videobert.HierarchicalKMeans(2, 1).predict, torch.zeros(3, 2), raises=RuntimeError,
+         match="call fit"),
+    case(videobert.project_centroids, torch.zeros(3), torch.zeros(4, 2), match="centroids must have shape"),
+    case(videobert.extend_vocabulary, tiny_bert_mlm(), torch.zeros(2, 5), match=r"shape \(tokens, 8\)"),
+    case(videobert.VideoBert, tiny_bert_mlm(), alignment_pooling="max", match="alignment_pooling must be"),
+    case(videobert.VideoBert, tiny_bert_mlm(), num_layers=3, match=r"num_layers must be in \[1, 2\]"),
+    case(videobert.VideoBert, tiny_bert_mlm(), train_from_layer=3, match="train_from_layer must be in"),
+    case(videobert.VideoBert, tiny_bert_mlm(), output_ids=[10], match="output_ids must be a 1-D tensor"),
+    case(VIDEOBERT, torch.zeros(3, dtype=torch.long), None, None, match="input_ids must have shape"),
+    case(videobert.make_sequences, None, match="need texts, video_tokens or both"),
+    case(videobert.make_sequences, None, ["a"], torch.zeros(2, 1, dtype=torch.long),
+         match="1 texts but 2 videos"),
+    case(videobert.mask_tokens, torch.zeros(2, 3), torch.ones(2, 2, dtype=torch.bool), 1, match="maskable"),
+    case(videobert.mask_tokens, torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), 1,
+         match="at least one maskable position"),
+    case(videobert.videobert_losses, VIDEOBERT, WordPieces(), [[1]], torch.zeros(1, 1, dtype=torch.long), [0],
+         None, match="at least 2 pairs per batch"),
+    case(videobert.train_videobert, VIDEOBERT, WordPieces(), ["a", "b"], torch.zeros(2, 1), [0, 1], 1,
+         alignment_weight=-1.0, match="alignment_weight must be >= 0"),
+    case(videobert.train_videobert, VIDEOBERT, WordPieces(), ["a", "b"], torch.zeros(3, 1), [0, 1], 1,
+         match="2 texts, 3 videos, 2 meanings"),
+    case(videobert.zero_shot_predictions, VIDEOBERT, WordPieces(), torch.zeros(1, 1), [["push"]],
+         match="every candidate must be one token"),
+    case(videobert.mismatched_texts, ["a", "b"], [0, 0], match="at least two different meanings"),
+    case(videobert.cluster_purity, [0, 1], [0], match="2 leaves but 1 labels"),
+    case(vilbert.spatial_encoding, torch.zeros(3, 5), 64, match=r"boxes must have shape \(\.\.\., 4\)"),
+    case(vilbert.spatial_encoding, torch.tensor([10, 0, 5, 5]), 64, match="x1 >= x0"),
+    case(vilbert.spatial_encoding, torch.zeros(1, 4), 0, match="image_size must be positive"),
+    case(vilbert.region_features, torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 5), 64,
+         match=r"boxes must have shape \(\.\.\., 4\)"),
+    case(vilbert.region_features, torch.zeros(2, 2, 4, 4), torch.zeros(1, 2, 4), 64,
+         match="batch sizes differ"),
+    case(vilbert.region_crops, torch.zeros(1, 3, 8), torch.zeros(1, 1, 4), match="images must have shape"),
+    case(REGIONS, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), match=r"spatial must be \(2, 3, 5\)"),
+    case(VILBERT, torch.zeros(2, 6), torch.ones(2, 3), torch.zeros(2, 2, 4), torch.zeros(2, 2, 5),
+         match="text_states must have shape"),
+    case(VILBERT, torch.zeros(2, 3, 6), torch.ones(2, 3), torch.zeros(1, 2, 4), torch.zeros(1, 2, 5),
+         match="text and image batch sizes differ"),
+    case(vilbert.mask_regions, torch.zeros(2, 2, 3), torch.ones(2, 2, dtype=torch.bool), 0,
+         match=r"probability must be in \(0, 1\]"),
+    case(vilbert.masked_region_kl, torch.zeros(2, 2, 3), torch.zeros(2, 2, 4),
+         torch.ones(2, 2, dtype=torch.bool), match="shapes differ"),
+    case(vilbert.one_word_negative, [SHAPE], "texture", RNG, match="kind must be one of"),
+    case(vilbert.one_word_negative, [SHAPE], "relation", RNG, match="relation negatives need two"),
+    case(vilbert.shapes_vilbert_data, [], None, None, match="scenes is empty"),
+    case(vilbert.train_vilbert, VILBERT, {"text": torch.zeros(4, 3, 6)}, 0, device="cpu",
+         match="epochs must be positive"),
     # ---------------------------------------------------------------- data
     case(convert.to_pil_rgb, np.zeros((4, 4, 2), np.uint8), match="cannot read an image of shape"),
     case(convert.to_pil_rgb, "photo.jpg", raises=TypeError,
@@ -640,6 +722,7 @@ CASES = [
 
 MODULES = [
     "augment",
+    "bert",
     "blip2",
     "boxes",
     "checks",
@@ -665,6 +748,8 @@ MODULES = [
     "swin",
     "train",
     "transformer",
+    "videobert",
+    "vilbert",
     "vit",
     "widgets",
     "contrastive",

