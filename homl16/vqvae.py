@@ -87,8 +87,9 @@ class Residual(nn.Module):
 class VQVAE(nn.Module):
     """A small VQ-VAE: images (B, 3, S, S) in [0, 1] <-> code ids (B, S/4, S/4).
 
-    Encoder: two stride-2 convs and a residual block -> (B, D, G, G); ``VectorQuantizer``;
-    decoder: a residual block and two stride-2 transposed convs back to (B, 3, S, S).
+    Encoder: pixels centred to [-1, 1], two stride-2 convs and a residual block -> (B, D, G, G);
+    ``VectorQuantizer``; decoder: a residual block and two stride-2 transposed convs back to
+    (B, 3, S, S), mapped back to [0, 1].
     Each token sees a neighbourhood of its 4x4 patch, so its code also says what lies around it
     (a background tile next to an object gets its own codes): this makes the tokens more
     informative for the transformer than codes of isolated patches, which measured worse.
@@ -111,10 +112,18 @@ class VQVAE(nn.Module):
     def num_codes(self):
         return self.quantizer.num_codes
 
+    def encode_latents(self, X):
+        """Encoder outputs (B, D, G, G) of images X (B, 3, S, S) in [0, 1], centred to [-1, 1] first."""
+        return self.encoder((X - 0.5) / 0.5)
+
+    def decode_latents(self, z_q):
+        """Images (B, 3, S, S), about [0, 1] (not clamped), of codes z_q (B, D, G, G)."""
+        return self.decoder(z_q) * 0.5 + 0.5
+
     def forward(self, X):
         check_images("X", X, 3)
-        z_q, ids, vq_loss = self.quantizer(self.encoder(X))
-        return self.decoder(z_q), ids, vq_loss
+        z_q, ids, vq_loss = self.quantizer(self.encode_latents(X))
+        return self.decode_latents(z_q), ids, vq_loss
 
     @torch.no_grad()
     def encode(self, X, batch_size=512):
@@ -123,7 +132,7 @@ class VQVAE(nn.Module):
         check_positive("batch_size", batch_size, integer=True)
         self.eval()
         device = next(self.parameters()).device
-        return torch.cat([self.quantizer(self.encoder(X[i:i + batch_size].to(device)))[1].cpu()
+        return torch.cat([self.quantizer(self.encode_latents(X[i:i + batch_size].to(device)))[1].cpu()
                           for i in range(0, len(X), batch_size)])
 
     @torch.no_grad()
@@ -141,20 +150,20 @@ class VQVAE(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         z_q = self.quantizer.lookup(ids.to(device)).permute(0, 3, 1, 2)
-        return self.decoder(z_q).clamp(0, 1).cpu()
+        return self.decode_latents(z_q).clamp(0, 1).cpu()
 
 
 def train_vqvae(model, X, epochs, batch_size=64, lr=2e-3, restart_every=20, device=None, seed=42,
                 desc="VQ-VAE"):
-    """Train a ``VQVAE`` on images X (N, 3, S, S) in [0, 1]: MSE reconstruction + codebook and
-    commitment losses, with ``homl16.train.train``.
+    """Train a ``VQVAE`` on images X (N, 3, S, S) in [0, 1]: MSE reconstruction (on the network's
+    [-1, 1] range) + codebook and commitment losses, with ``homl16.train.train``.
 
     Adam (AdamW without weight decay) with a one-cycle schedule; every ``restart_every`` steps, the
     codes no batch used in that window are restarted on random encoder outputs
     (``VectorQuantizer.restart_dead_codes``), during the first 80% of training, as VQ-VAEs otherwise
     tend to use only a few of their codes. Returns a history dict: per epoch ``epoch``, ``loss``,
-    ``reconstruction_mse``, ``codebook_usage`` (share of codes the epoch's batches used), ``seconds``;
-    ``restarted`` (codes restarted in total).
+    ``reconstruction_mse`` (pixels in [0, 1]), ``codebook_usage`` (share of codes the epoch's batches
+    used), ``seconds``; ``restarted`` (codes restarted in total).
     """
     check_positive("epochs", epochs, integer=True)
     check_images("X", X, 3)
@@ -168,13 +177,14 @@ def train_vqvae(model, X, epochs, batch_size=64, lr=2e-3, restart_every=20, devi
 
     def batch_loss(batch):
         X_batch = X[batch].to(device)
-        z = model.encoder(X_batch)
+        z = model.encode_latents(X_batch)
         z_q, ids, vq_loss = model.quantizer(z)
-        mse = F.mse_loss(model.decoder(z_q), X_batch)
+        mse = F.mse_loss(model.decode_latents(z_q), X_batch)
         counts.add_(torch.bincount(ids.flatten(), minlength=model.num_codes))
         used.logical_or_(counts > 0)
         state["z"] = z.detach().permute(0, 2, 3, 1).flatten(0, 2)  # (B*G*G, D), for restarts
-        return {"loss": mse + vq_loss, "reconstruction_mse": mse}
+        # 4 * mse is the error on the [-1, 1] range the network works in, the scale beta is set for
+        return {"loss": 4 * mse + vq_loss, "reconstruction_mse": mse}
 
     def restart_dead_codes(step):
         if restart_every and step % restart_every == 0 and step < 0.8 * total_steps:

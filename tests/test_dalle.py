@@ -20,7 +20,7 @@ from homl16.dalle import (
 from homl16.data.shapes import ShapesWorld
 from homl16.vqvae import VQVAE, VectorQuantizer, codebook_usage, train_vqvae
 
-FIT_EPOCHS, MAX_ERROR = 30, 0.05
+FIT_EPOCHS, MAX_ERROR = 30, 0.0125  # pixels in [0, 1]
 
 
 def tiny_transformer(seed=0):
