@@ -1,230 +1,28 @@
-"""DALL·E from scratch: a discrete image tokenizer and a causal transformer over text + image tokens.
+"""DALL·E from scratch: a causal transformer over text + image tokens, and reranking with CLIP.
 
-Stage 1, the image tokenizer: a small VQ-VAE turns a 32x32 image into an 8x8 grid of codebook
-ids (and back). DALL·E's own tokenizer is a discrete VAE trained with the Gumbel-softmax
-relaxation; the VQ-VAE's nearest-code lookup with a straight-through gradient and a commitment
-loss does the same job with fewer knobs (no temperature schedule, no KL weight), which suits a
-one-minute CPU run.
+Stage 1, the image tokenizer, is the VQ-VAE of ``homl16.vqvae``: it turns a 32x32 image into an
+8x8 grid of codebook ids (and back).
 
 Stage 2, the prior: a decoder-only transformer reads [text tokens, image tokens] as one sequence
 under a causal mask and learns to predict every image token from the text and the image tokens
 before it. Generation samples image tokens one by one (temperature, top-k), and the tokenizer's
 decoder turns them back into pixels.
 
-Shapes: B = batch, S = image size, G = grid size (S / 4), D = code size, K = codebook size,
-T = text tokens, M = image tokens (G * G), E = transformer width.
+Shapes: B = batch, S = image size, K = codebook size, T = text tokens, M = image tokens,
+E = transformer width.
 """
-
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from homl16.checks import check_ids, check_images, check_positive, check_rank, check_strings, check_tensor
+from homl16.checks import check_ids, check_images, check_positive, check_rank, check_strings
 from homl16.data.captions import describe
 from homl16.data.shapes import COLOURS, SHAPES, SIZES
 from homl16.runtime import get_device
-from homl16.train import adamw_one_cycle, minimise, tensor_batches
+from homl16.train import adamw_one_cycle, train
 from homl16.transformer import EncoderBlock, causal_mask
-
-# ---------------------------------------------------------------- stage 1: the image tokenizer
-
-
-class VectorQuantizer(nn.Module):
-    """Nearest-code lookup in a learned codebook of K vectors of size D.
-
-    ``forward(z)``: z (B, D, G, G) -> (z_q (B, D, G, G), ids (B, G, G), loss). ``z_q`` equals the
-    nearest codes in the forward pass, but its gradient flows straight through to ``z`` (the
-    straight-through estimator); ``loss`` is the codebook loss ||sg[z] - e||^2 plus ``beta`` times
-    the commitment loss ||z - sg[e]||^2, which keeps the encoder close to the codes it picks.
-    """
-
-    def __init__(self, num_codes=64, code_dim=16, beta=0.25, normalize=False):
-        super().__init__()
-        check_positive("num_codes", num_codes, integer=True)
-        check_positive("code_dim", code_dim, integer=True)
-        self.num_codes, self.code_dim, self.beta, self.normalize = num_codes, code_dim, beta, normalize
-        self.codebook = nn.Embedding(num_codes, code_dim)
-        self.codebook.weight.data.uniform_(-1 / num_codes, 1 / num_codes)
-
-    def lookup(self, ids):
-        """The codes (..., D) of ids (...)."""
-        codes = self.codebook(ids)
-        return F.normalize(codes, dim=-1) if self.normalize else codes
-
-    def nearest(self, z):
-        """Ids (N,) of the nearest codes to vectors z (N, D)."""
-        return torch.cdist(z, self.lookup(torch.arange(self.num_codes, device=z.device))).argmin(dim=1)
-
-    def forward(self, z):
-        check_rank("z", z, 4, "(batch, code_dim, grid, grid)")
-        if z.shape[1] != self.code_dim:
-            raise ValueError(f"z must have {self.code_dim} channels (the code size), got {z.shape[1]}")
-        B, D, H, W = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (B*G*G, D)
-        if self.normalize:
-            flat = F.normalize(flat, dim=1)
-        ids = self.nearest(flat)
-        quantized = self.lookup(ids)
-        loss = F.mse_loss(quantized, flat.detach()) + self.beta * F.mse_loss(flat, quantized.detach())
-        quantized = flat + (quantized - flat).detach()  # straight-through: codes forward, identity backward
-        z_q = quantized.view(B, H, W, D).permute(0, 3, 1, 2)
-        return z_q, ids.view(B, H, W), loss
-
-    @torch.no_grad()
-    def restart_dead_codes(self, z, counts):
-        """Move every code with ``counts == 0`` onto a random encoder output among z (N, D);
-        returns how many codes were restarted. Keeps the whole codebook in use."""
-        dead = (counts == 0).nonzero().flatten()
-        if len(dead):
-            picks = torch.randint(len(z), (len(dead),), device=z.device)
-            self.codebook.weight.data[dead] = z[picks] + 0.01 * torch.randn_like(z[picks])
-        return len(dead)
-
-
-def residual_block(channels):
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(channels, channels, 1))
-
-
-class Residual(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.block = residual_block(channels)
-
-    def forward(self, x):
-        return x + self.block(x)
-
-
-class VQVAE(nn.Module):
-    """A small VQ-VAE: images (B, 3, S, S) in [-1, 1] <-> code ids (B, S/4, S/4).
-
-    Encoder: two stride-2 convs and a residual block -> (B, D, G, G); ``VectorQuantizer``;
-    decoder: a residual block and two stride-2 transposed convs back to (B, 3, S, S).
-    Each token sees a neighbourhood of its 4x4 patch, so its code also says what lies around it
-    (a background tile next to an object gets its own codes): this makes the tokens more
-    informative for the transformer than codes of isolated patches, which measured worse.
-    ``forward(X)`` -> (reconstruction, ids, vq_loss); ``encode(X)`` -> ids; ``decode(ids)`` -> images.
-    """
-
-    def __init__(self, num_codes=64, code_dim=16, width=64, beta=0.25, normalize=False):
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 4, stride=2, padding=1), Residual(width), nn.ReLU(),
-            nn.Conv2d(width, code_dim, 1))
-        self.quantizer = VectorQuantizer(num_codes, code_dim, beta, normalize)
-        self.decoder = nn.Sequential(
-            nn.Conv2d(code_dim, width, 3, padding=1), Residual(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(width, 3, 4, stride=2, padding=1))
-
-    @property
-    def num_codes(self):
-        return self.quantizer.num_codes
-
-    def forward(self, X):
-        check_images("X", X, 3)
-        z_q, ids, vq_loss = self.quantizer(self.encoder(X))
-        return self.decoder(z_q), ids, vq_loss
-
-    @torch.no_grad()
-    def encode(self, X, batch_size=512):
-        """Code ids (B, G, G) of images X (B, 3, S, S)."""
-        check_images("X", X, 3)
-        check_positive("batch_size", batch_size, integer=True)
-        self.eval()
-        device = next(self.parameters()).device
-        return torch.cat([self.quantizer(self.encoder(X[i:i + batch_size].to(device)))[1].cpu()
-                          for i in range(0, len(X), batch_size)])
-
-    @torch.no_grad()
-    def decode(self, ids):
-        """Images (B, 3, S, S), clamped to [-1, 1], of code ids (B, G, G) or (B, G*G)."""
-        check_tensor("ids", ids)
-        if ids.dim() == 2:
-            side = int(round(ids.shape[1] ** 0.5))
-            if side * side != ids.shape[1]:
-                raise ValueError(f"ids of shape {tuple(ids.shape)} is not a square grid of tokens")
-            ids = ids.view(len(ids), side, side)
-        check_rank("ids", ids, 3, "(batch, grid, grid)")
-        if ids.min() < 0 or ids.max() >= self.num_codes:
-            raise ValueError(f"ids must be in [0, {self.num_codes}), got [{ids.min()}, {ids.max()}]")
-        self.eval()
-        device = next(self.parameters()).device
-        z_q = self.quantizer.lookup(ids.to(device)).permute(0, 3, 1, 2)
-        return self.decoder(z_q).clamp(-1, 1).cpu()
-
-
-def train_vqvae(model, X, epochs, batch_size=64, lr=2e-3, restart_every=20, device=None, seed=42,
-                desc="VQ-VAE"):
-    """Train a ``VQVAE`` on images X (N, 3, S, S): MSE reconstruction + codebook and commitment losses.
-
-    Adam with a one-cycle schedule; every ``restart_every`` steps, the codes no batch used in that
-    window are restarted on random encoder outputs (``VectorQuantizer.restart_dead_codes``), as
-    VQ-VAEs otherwise tend to use only a few of their codes. Returns a history dict: per epoch
-    ``epoch``, ``reconstruction_mse``, ``codebook_usage`` (share of codes used), ``seconds``, and
-    ``restarted`` (codes restarted in total).
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    check_images("X", X, 3)
-    device = device or get_device()
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * -(-len(X) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    history = {"epoch": [], "reconstruction_mse": [], "codebook_usage": [], "seconds": [], "restarted": 0}
-    counts = torch.zeros(model.num_codes, device=device)
-    start, step = time.perf_counter(), 0
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch")
-    for epoch in bar:
-        model.train()
-        total, used = 0.0, torch.zeros(model.num_codes, dtype=torch.bool, device=device)
-        for X_batch, _ in tensor_batches(X, X, batch_size, shuffle=True, generator=generator):
-            X_batch = X_batch.to(device)
-            z = model.encoder(X_batch)
-            z_q, ids, vq_loss = model.quantizer(z)
-            mse = F.mse_loss(model.decoder(z_q), X_batch)
-            optimizer.zero_grad(set_to_none=True)
-            (mse + vq_loss).backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            counts += torch.bincount(ids.flatten(), minlength=model.num_codes)
-            used |= counts > 0
-            if restart_every and step % restart_every == 0 and step < 0.8 * steps:
-                flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                history["restarted"] += model.quantizer.restart_dead_codes(flat, counts)
-                counts.zero_()
-            total += mse.item() * len(X_batch)
-        history["epoch"].append(epoch)
-        history["reconstruction_mse"].append(total / len(X))
-        history["codebook_usage"].append(used.float().mean().item())
-        history["seconds"].append(time.perf_counter() - start)
-        bar.set_postfix(mse=f"{history['reconstruction_mse'][-1]:.4f}",
-                        usage=f"{history['codebook_usage'][-1]:.0%}")
-    return history
-
-
-def codebook_usage(ids, num_codes):
-    """(share of the ``num_codes`` codes that occur in ``ids``, perplexity of the code distribution).
-
-    The perplexity exp(entropy) is the number of equally used codes with the same entropy: it is
-    ``num_codes`` when every code is used equally often, and 1 when a single code is."""
-    check_tensor("ids", ids)
-    if ids.numel() == 0:
-        raise ValueError("ids is empty")
-    check_ids("ids", ids, num_codes)
-    counts = torch.bincount(ids.flatten(), minlength=num_codes).float()
-    p = counts / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return (counts > 0).float().mean().item(), entropy.exp().item()
-
 
 # ---------------------------------------------------------------- text tokens
 
@@ -273,7 +71,7 @@ def shapes_word_tokenizer():
 
 def shapes_prompts(scenes, seed=0, keep_size=0.5):
     """One caption per scene ("a red circle", "a small blue square left of a green triangle"), by
-    ``homl16.clip.describe``: the colour is always named, the size with probability ``keep_size``,
+    ``homl16.data.captions.describe``: the colour is always named, the size with probability ``keep_size``,
     and one object in ten is just a "shape" ("a red shape"); there are no template wrappers."""
     rng = np.random.default_rng(seed)
     return [describe(scene.objects, rng, keep=(keep_size, 1.0), templates=("{}",)) for scene in scenes]
@@ -337,21 +135,21 @@ def train_dalle(model, text_ids, image_ids, epochs, batch_size=64, lr=2e-3, weig
                 seed=42, desc="DALL·E"):
     """Train a ``DalleTransformer`` on (text_ids (N, T), image_ids (N, M)) pairs with ``dalle_loss``.
 
-    AdamW, one-cycle schedule. Returns a history dict: per epoch ``epoch``, ``loss``, ``seconds``.
+    AdamW, one-cycle schedule, ``homl16.train.train``. Returns a history dict: per epoch ``epoch``,
+    ``loss``, ``seconds``; per step ``step_loss``.
     """
     if len(text_ids) != len(image_ids) or len(text_ids) == 0:
         raise ValueError(f"text_ids and image_ids must hold the same, non-zero number of pairs, "
                          f"got {len(text_ids)} and {len(image_ids)}")
-    check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.to(device)
-    optimizer, scheduler = adamw_one_cycle(model, lr, len(text_ids), batch_size, epochs,
-                                           weight_decay)
+    optimizer, scheduler = adamw_one_cycle(model, lr, len(text_ids), batch_size, epochs, weight_decay)
 
     def batch_loss(batch):
         return dalle_loss(model, text_ids[batch].to(device), image_ids[batch].to(device))
 
-    return minimise(model, batch_loss, len(text_ids), epochs, optimizer, scheduler, batch_size, seed, desc)
+    return train(model, batch_loss, len(text_ids), optimizer, epochs=epochs, batch_size=batch_size,
+                 scheduler=scheduler, seed=seed, desc=desc)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):
@@ -398,19 +196,22 @@ def generate(model, text_ids, temperature=1.0, top_k=None, seed=0, device=None):
 def clip_similarity(clip_model, processor, images, prompts):
     """Cosine similarity (N,) between each image and its prompt, by a transformers ``CLIPModel``.
 
-    images: (N, 3, S, S) in [-1, 1], as the VQ-VAE decodes them, which is exactly what the course
-    CLIP's processor makes of pixels (rescale to [0, 1], then mean 0.5, std 0.5), so they go in as
-    ``pixel_values`` directly; prompts: N strings, tokenized by ``processor``.
+    images: (N, 3, S, S) in [0, 1], as the VQ-VAE decodes them; they are normalised with the
+    processor's image mean and std (what it does to pixels after scaling them to [0, 1]) and go in
+    as ``pixel_values``. prompts: N strings, tokenized by ``processor``.
     """
     check_images("images", images, 3)
     prompts = check_strings("prompts", prompts)
     if len(prompts) != len(images):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
     clip_model.eval()
+    mean, std = (torch.tensor(v)[:, None, None] for v in (processor.image_processor.image_mean,
+                                                         processor.image_processor.image_std))
+    pixel_values = (images - mean) / std
     unique = list(dict.fromkeys(prompts))
     text = processor(text=unique, return_tensors="pt", padding=True, truncation=True)
     text_embeds = F.normalize(clip_model.get_text_features(**text).pooler_output, dim=-1)
-    image_embeds = F.normalize(clip_model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+    image_embeds = F.normalize(clip_model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
     rows = torch.tensor([unique.index(p) for p in prompts])
     return (image_embeds * text_embeds[rows]).sum(dim=1)
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from homl16.checks import check_positive
 from homl16.data.convert import image_files, load_image, read_images, to_pil_rgb
+from homl16.progress import progress_bar
 from homl16.runtime import REPO_ROOT, get_device
 
 INDEX_FILE, FILES_FILE, CAPTIONS_FILE = "photos.faiss", "photos.json", "captions.csv"
@@ -151,12 +152,10 @@ def exact_inner_product_index(vectors):
 def photo_batches(folder, batch_size, desc):
     """Read the images under ``folder`` batch by batch, with a progress bar: yields (PIL RGB images, their
     files relative to ``folder``, the batch's unreadable files [(file, reason)])."""
-    from tqdm.auto import tqdm
-
     check_positive("batch_size", batch_size, integer=True)
     folder = Path(folder)
     paths = image_files(folder)
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
+    for start in progress_bar(range(0, len(paths), batch_size), desc=desc, unit="batch"):
         images, readable, unreadable = read_images(paths[start:start + batch_size])
         yield (images, [str(p.relative_to(folder)) for p in readable],
                [(str(p.relative_to(folder)), reason) for p, reason in unreadable])

@@ -45,6 +45,7 @@ from homl16 import (
     videobert,
     vilbert,
     vit,
+    vqvae,
     weights,
     widgets,
 )
@@ -99,7 +100,9 @@ SMALL_CLIP = clip.small_clip(
     max_length=6,
 )
 TEXT_ENCODER = SMALL_CLIP.text_encoder
-VQVAE = dalle.VQVAE(num_codes=4, code_dim=2, width=4)
+EOS_2_TEXT_ENCODER = clip.TextEncoder(10, 2, max_length=6, embed_dim=8, depth=1, num_heads=2, ff_dim=8,
+                                      projection_dim=4)  # transformers pools differently at end-of-text id 2
+VQVAE = vqvae.VQVAE(num_codes=4, code_dim=2, width=4)
 DALLE = dalle.DalleTransformer(
     text_vocab_size=5, num_codes=4, text_length=2, image_tokens=4, embed_dim=8, depth=1, num_heads=2
 )
@@ -332,16 +335,19 @@ CASES = [
     case(train.train, torch.nn.Linear(2, 2), None, 4, None, epochs=1, batch_size=8, drop_last=True,
          match="exceeds num_items"),
     case(clip.hf_clip_config, torch.nn.Module(), match="needs a CLIP made of an ImageEncoder"),
-    # ---------------------------------------------------------------- dalle
-    case(dalle.VectorQuantizer, num_codes=0, match="num_codes must be positive"),
+    case(clip.to_hf_clip, clip.CLIP(SMALL_CLIP.image_encoder, EOS_2_TEXT_ENCODER),
+         match="end-of-text id is 2"),
+    # ---------------------------------------------------------------- vqvae, dalle
+    case(vqvae.VectorQuantizer, num_codes=0, match="num_codes must be positive"),
     case(VQVAE.quantizer, torch.zeros(1, 3, 2, 2), match="z must have 2 channels"),
     case(VQVAE, images(channels=1), match="X must have 3 channels"),
     case(VQVAE.encode, images(), batch_size=0, match="batch_size must be positive"),
     case(VQVAE.decode, torch.zeros(1, 5, dtype=torch.long), match="not a square grid"),
     case(VQVAE.decode, torch.full((1, 2, 2), 9), match="ids must be in"),
-    case(dalle.train_vqvae, VQVAE, images(), 0, match="epochs must be at least 1"),
-    case(dalle.codebook_usage, torch.tensor([], dtype=torch.long), 4, match="ids is empty"),
-    case(dalle.codebook_usage, torch.tensor([-1, 2]), 4, match=r"ids must be in \[0, 4\)"),
+    case(vqvae.train_vqvae, VQVAE, images(), 0, match="epochs must be positive"),
+    case(vqvae.train_vqvae, VQVAE, images(channels=1), 1, match="X must have 3 channels"),
+    case(vqvae.codebook_usage, torch.tensor([], dtype=torch.long), 4, match="ids is empty"),
+    case(vqvae.codebook_usage, torch.tensor([-1, 2]), 4, match=r"ids must be in \[0, 4\)"),
     case(dalle.WordTokenizer, [], match="words is empty"),
     case(WORDS.encode, ["a blue circle"], 4, match="unknown words"),
     case(WORDS.encode, ["a red circle"], 2, match="more than length=2"),
@@ -751,6 +757,7 @@ MODULES = [
     "videobert",
     "vilbert",
     "vit",
+    "vqvae",
     "widgets",
     "contrastive",
     "weights",

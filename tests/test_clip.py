@@ -13,6 +13,7 @@ from homl16.clip import (
     ImageEncoder,
     TextEncoder,
     clip_loss,
+    clip_processor,
     grouped_clip_loss,
     seen_combinations,
     small_clip,
@@ -25,7 +26,7 @@ from homl16.clip import (
 from homl16.contrastive import recall_at_k
 from homl16.data.captions import describe
 from homl16.data.shapes import ShapeObject
-from homl16.data.tasks import shapes_clip_data
+from homl16.data.tasks import images_to_tensor, shapes_clip_data
 
 CAPTIONS = ["a small red circle left of a large blue square", "This is a photo of a green triangle.",
             "a photo of a purple diamond above a yellow circle", "an image of an orange square"]
@@ -108,24 +109,39 @@ def test_tokenizer_ids_are_the_same_on_every_training(tokenizer):
     assert tokenizer.bos_token_id == 0 and tokenizer.eos_token_id == 1
 
 
-def test_to_hf_clip_gives_the_same_embeddings_and_scale(tokenizer):
+def tiny_clip(tokenizer, eos_token_id=None):
     torch.manual_seed(0)
     image = ImageEncoder(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, ff_dim=32,
                          projection_dim=8)
-    text = TextEncoder(len(tokenizer), tokenizer.eos_token_id, max_length=24, embed_dim=16, depth=2,
-                       num_heads=2, ff_dim=32, projection_dim=8)
+    text = TextEncoder(len(tokenizer), tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
+                       max_length=24, embed_dim=16, depth=2, num_heads=2, ff_dim=32, projection_dim=8)
     model = CLIP(image, text, logit_scale=3.0).eval()
     for p in model.parameters():  # non-trivial norms and biases, so a missed copy shows
         nn.init.normal_(p, std=0.2) if p.dim() < 2 else None
-    hf = to_hf_clip(model)
-    X = torch.randn(3, 3, 16, 16)
-    encoded = tokenizer(CAPTIONS[:3], padding=True, return_tensors="pt")
+    return model
+
+
+def test_to_hf_clip_with_its_processor_gives_the_same_embeddings_and_scale(tokenizer):
+    model = tiny_clip(tokenizer)
+    hf, processor = to_hf_clip(model), clip_processor(tokenizer, image_size=16)
+    pixels = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(3)]
+    inputs = processor(text=CAPTIONS[:3], images=pixels, return_tensors="pt", padding=True)
     with torch.no_grad():
-        torch.testing.assert_close(hf.get_image_features(pixel_values=X).pooler_output, image(X),
-                                   rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(hf.get_text_features(**encoded).pooler_output, text(encoded["input_ids"]),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(hf.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output,
+                                   model.image_encoder(images_to_tensor(pixels)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(hf.get_text_features(input_ids=inputs["input_ids"],
+                                                        attention_mask=inputs["attention_mask"]).pooler_output,
+                                   model.text_encoder(inputs["input_ids"]), rtol=1e-4, atol=1e-5)
     assert hf.logit_scale.item() == pytest.approx(model.logit_scale.item())
+    assert hf.config.text_config.num_hidden_layers == 2 and hf.config.vision_config.patch_size == 8
+
+
+def test_to_hf_clip_refuses_an_end_of_text_id_of_2(tokenizer):
+    # transformers pools at input_ids.argmax(-1) when eos_token_id == 2 (a legacy rule); the course pools
+    # at the first end-of-text token, so with id 2 the converted text embeddings would differ
+    model = tiny_clip(tokenizer, eos_token_id=2)
+    with pytest.raises(ValueError, match="end-of-text id is 2"):
+        to_hf_clip(model)
 
 
 def test_text_encoder_ignores_padding_after_the_end_token(tokenizer):

@@ -1,27 +1,26 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from homl16.dalle import (
-    VQVAE,
     DalleTransformer,
-    VectorQuantizer,
     WordTokenizer,
     best_of,
     clip_similarity,
-    codebook_usage,
     dalle_loss,
     generate,
     sample_next,
     shapes_prompts,
     shapes_word_tokenizer,
-    train_vqvae,
+    train_dalle,
 )
 from homl16.data.shapes import ShapesWorld
+from homl16.vqvae import VQVAE, VectorQuantizer, codebook_usage, train_vqvae
 
-FIT_EPOCHS, MAX_ERROR = 30, 0.05
+FIT_EPOCHS, MAX_ERROR = 30, 0.0125  # pixels in [0, 1]
 
 
 def tiny_transformer(seed=0):
@@ -62,8 +61,8 @@ def test_restart_dead_codes_moves_unused_codes_onto_encoder_outputs():
 
 
 def patch_images(num_images=32, seed=0):
-    """An easy case: 16x16 images whose 4x4 patches are each flat background, red or blue (in [-1, 1])."""
-    palette = torch.tensor([[0.92, 0.92, 0.92], [0.73, -0.69, -0.69], [-0.69, -0.37, 0.73]])
+    """An easy case: 16x16 images whose 4x4 patches are each flat background, red or blue (in [0, 1])."""
+    palette = torch.tensor([[0.96, 0.96, 0.96], [0.86, 0.16, 0.16], [0.16, 0.32, 0.86]])
     grid = torch.randint(0, 3, (num_images, 4, 4), generator=torch.Generator().manual_seed(seed))
     return palette[grid].permute(0, 3, 1, 2).repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
 
@@ -80,10 +79,11 @@ def test_vqvae_round_trips_after_a_short_fit():
     error = F.mse_loss(reconstruction, X).item()
     assert error < MAX_ERROR < start  # the three patch colours come back
     assert torch.allclose(model.decode(ids.flatten(1)), reconstruction)  # (B, G*G) works too
-    assert torch.allclose(model(X)[0].clamp(-1, 1), reconstruction, atol=1e-5)
+    assert torch.allclose(model(X)[0].clamp(0, 1), reconstruction, atol=1e-5)
     usage, perplexity = codebook_usage(ids, model.num_codes)
     assert usage >= 3 / 8 and perplexity >= 2.5  # at least the three patch kinds get their own codes
     assert len(history["codebook_usage"]) == FIT_EPOCHS and 0 < history["codebook_usage"][-1] <= 1
+    assert history["restarted"] > 0 and history["reconstruction_mse"][-1] < history["reconstruction_mse"][0]
 
 
 def test_codebook_usage_and_perplexity():
@@ -202,16 +202,30 @@ def test_clip_similarity_scores_each_image_against_its_own_prompt():
     torch.manual_seed(0)
     clip = CLIPModel(config).eval()
 
-    def processor(text, return_tensors, padding, truncation=False):  # a made-up token, then end-of-text
-        return {"input_ids": torch.tensor([[0, 2 + len(t) % 10, 1] for t in text])}
+    class Processor:  # a made-up token, then end-of-text; CLIP's usual image mean and std
+        image_processor = SimpleNamespace(image_mean=[0.48, 0.46, 0.41], image_std=[0.27, 0.26, 0.28])
 
-    images = torch.rand(3, 3, 16, 16) * 2 - 1
+        def __call__(self, text, return_tensors, padding, truncation=False):
+            return {"input_ids": torch.tensor([[0, 2 + len(t) % 10, 1] for t in text])}
+
+    processor = Processor()
+    images = torch.rand(3, 3, 16, 16)  # in [0, 1], as the VQ-VAE decodes them
     prompts = ["a red circle", "a blue square", "a red circle"]
     scores = clip_similarity(clip, processor, images, prompts)
+    mean, std = torch.tensor([0.48, 0.46, 0.41]), torch.tensor([0.27, 0.26, 0.28])
+    pixel_values = (images - mean[:, None, None]) / std[:, None, None]
     with torch.no_grad():
-        image_embeds = F.normalize(clip.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        image_embeds = F.normalize(clip.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
         text_ids = processor(prompts, "pt", True)
         text_embeds = F.normalize(clip.get_text_features(**text_ids).pooler_output, dim=-1)
     assert torch.allclose(scores, (image_embeds * text_embeds).sum(1), atol=1e-5)
     with pytest.raises(ValueError, match="prompts"):
         clip_similarity(clip, processor, images, prompts[:2])
+
+
+def test_train_dalle_lowers_the_loss():
+    model = tiny_transformer()
+    text, image = torch.randint(0, 12, (32, 4)), torch.randint(0, 4, (32, 9))  # only 4 of the 16 codes occur
+    history = train_dalle(model, text, image, epochs=3, batch_size=8, lr=3e-3, device="cpu")
+    assert len(history["loss"]) == 3 and len(history["step_loss"]) == 12
+    assert history["loss"][-1] < history["loss"][0]

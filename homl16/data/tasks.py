@@ -49,19 +49,18 @@ def shapes_caption_data(num_scenes, seed=0, split="train", image_size=64, min_ob
 
 
 def images_to_tensor(images):
-    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) scaled to [-1, 1] (mean 0.5, std 0.5)."""
+    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], the course's one pixel range."""
     if len(images) == 0:
         raise ValueError("images is empty")
     images = np.stack(images)
     if images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"images must be (N, H, W, 3) RGB arrays, got shape {images.shape}")
-    X = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return (X - 0.5) / 0.5
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
 
 
 def shapes_clip_data(num_scenes, seed=0, split="train", min_objects=1, max_objects=2, image_size=32,
                      combinations=None, describe_seed=None):
-    """Shapes-world scenes for CLIP: (images (N, 3, S, S) in [-1, 1], captions, scenes).
+    """Shapes-world scenes for CLIP: (images (N, 3, S, S) in [0, 1], captions, scenes).
 
     Captions are drawn by ``describe`` (from ``describe_seed``, default ``seed``); the scenes keep
     the objects' shapes and colours, for zero-shot labels.
