@@ -178,12 +178,14 @@ def fit(model, train_data, epochs, optimizer, scheduler=None, loss_fn=F.cross_en
     return {renamed.get(k, k): v for k, v in history.items() if not k.startswith("step_")}
 
 
-def adamw_one_cycle(params, lr, num_items, batch_size, epochs, weight_decay=0.05, drop_last=False):
-    """AdamW with a one-cycle schedule (10% warm-up, then cosine decay) over a run of ``train``.
+def adamw_one_cycle(params, lr, num_items, batch_size, epochs, weight_decay=0.05, drop_last=False,
+                    warmup=0.1):
+    """AdamW with a one-cycle schedule (a ``warmup`` share of the steps, then cosine decay) over a run
+    of ``train``.
 
     ``params``: a module, parameters, or groups ([{"params": [...], "lr": peak lr}, ...]; a group
-    without "lr" gets ``lr``). The schedule spans ``epochs`` epochs of ``num_items`` items in
-    batches of ``batch_size``. Returns (optimizer, scheduler).
+    without "lr" gets ``lr``, one without "weight_decay" gets ``weight_decay``). The schedule spans
+    ``epochs`` epochs of ``num_items`` items in batches of ``batch_size``. Returns (optimizer, scheduler).
     """
     check_positive("lr", lr)
     check_positive("epochs", epochs, integer=True)
@@ -196,7 +198,7 @@ def adamw_one_cycle(params, lr, num_items, batch_size, epochs, weight_decay=0.05
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
     total_steps = epochs * steps_per_epoch(num_items, batch_size, drop_last)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
-                                                    total_steps=total_steps, pct_start=0.1)
+                                                    total_steps=total_steps, pct_start=warmup)
     return optimizer, scheduler
 
 
