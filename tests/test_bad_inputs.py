@@ -182,6 +182,9 @@ CASES = [
     case(boxes.mean_average_precision,
          [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}],
          [{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1)}], iou_threshold=50, match="iou_threshold"),
+    case(boxes.mean_average_precision,
+         [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}],
+         [{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1)}], matching="pascal", match="matching must be"),
     # ---------------------------------------------------------------- cnn
     case(cnn.SmallCNN, in_channels=0, match="in_channels must be positive"),
     case(SMALL_CNN, images(channels=1), match="X must have 3 channels"),
