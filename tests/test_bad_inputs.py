@@ -321,7 +321,7 @@ CASES = [
     case(dalle.best_of, torch.zeros(2, 4), 0, match="k must be positive"),
     # ---------------------------------------------------------------- detr
     case(detr.sine_position_encoding, 4, 4, 6, match="dim must be divisible by 4"),
-    case(detr.sine_position_encoding, 0, 4, 8, match="height must be positive"),
+    case(detr.DETR, 2, 4, dim=6, num_heads=2, match="dim must be divisible by 4"),
     case(detr.DETR, 2, 4, num_queries=0, match="num_queries must be positive"),
     case(DETR, torch.zeros(1, 3, 2, 2), match="features must have 4 channels"),
     case(DETR, torch.zeros(3, 2, 2), match="features must have shape"),
@@ -336,6 +336,8 @@ CASES = [
     case(detr.hungarian_match, torch.zeros(1, 3, 3), torch.zeros(1, 2, 4), [TARGET], match="boxes must be"),
     case(detr.hungarian_match, torch.zeros(1, 1, 3), torch.zeros(1, 1, 4),
          [{"labels": torch.tensor([0, 1]), "boxes": torch.zeros(2, 4)}], match="only 1 queries"),
+    case(detr.train_detr, DETR, torch.zeros(2, 4, 2, 2), torch.zeros(3, 1, 5), 1,
+         match="2 feature maps but 3 targets"),
     case(detr.train_detr, DETR, torch.zeros(2, 4, 2, 2), torch.zeros(2, 1, 5), 1, batch_size=0,
          match="batch_size must be positive"),
     case(detr.predict_detr, DETR, torch.zeros(2, 4, 2, 2), batch_size=0, match="batch_size must be positive"),
