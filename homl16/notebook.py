@@ -21,7 +21,7 @@ def setup_notebook(seed=42, dpi=72):
     from homl16.checks import check_positive
 
     check_positive("dpi", dpi)
-    set_seed(seed)
+    seed = set_seed(seed)
     plt.rcParams["figure.dpi"] = dpi
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # harmless on a CPU-only machine
     device = get_device()
