@@ -33,12 +33,6 @@ def xyxy_to_cxcywh(boxes):
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
-def box_area(boxes):
-    """(..., 4) corner boxes -> (...) areas."""
-    check_boxes("boxes", boxes)
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
 def box_iou(boxes1, boxes2):
     """Pairwise IoU of corner boxes: (N, 4) x (M, 4) -> (iou (N, M), union (N, M))."""
     check_boxes("boxes1", boxes1, listed=True)

@@ -59,7 +59,8 @@ class DETR(nn.Module):
                             ("num_queries", num_queries)):
             check_positive(name, value, integer=True)
         if dim % 4 != 0 or dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by 4 (sine encoding) and by num_heads={num_heads}, got {dim}")
+            raise ValueError(f"dim must be divisible by 4 (the sine encoding) and by num_heads={num_heads}, "
+                             f"got {dim}")
         self.num_classes, self.num_queries, self.in_channels = num_classes, num_queries, in_channels
         self.backbone = backbone
         self.project = nn.Conv2d(in_channels, dim, kernel_size=1)

@@ -120,8 +120,8 @@ def test_train_detr_learns_a_box_with_the_course_loop_and_keeps_its_history_keys
     features[torch.arange(8), labels] = 1.0
     boxes = [[[8, 8, 40, 40]] if c == 0 else [[24, 24, 56, 56]] for c in labels.tolist()]
     packed = pack_targets(boxes, [[c] for c in labels.tolist()], image_size=64, max_objects=1)
-    model = DETR(num_classes=2, in_channels=4, dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
-                 ff_dim=16, num_queries=3)
+    model = DETR(num_classes=2, in_channels=4, dim=16, num_heads=2, num_encoder_layers=1,
+                 num_decoder_layers=1, ff_dim=16, num_queries=3)
     history = train_detr(model, features, packed, epochs=40, lr=5e-3, batch_size=4, device="cpu",
                          no_object_weight=0.4)
     assert set(history) == {"epoch", "loss", "ce", "l1", "giou", "seconds"}
