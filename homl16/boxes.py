@@ -33,12 +33,6 @@ def xyxy_to_cxcywh(boxes):
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
-def box_area(boxes):
-    """(..., 4) corner boxes -> (...) areas."""
-    check_boxes("boxes", boxes)
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
 def box_iou(boxes1, boxes2):
     """Pairwise IoU of corner boxes: (N, 4) x (M, 4) -> (iou (N, M), union (N, M))."""
     check_boxes("boxes1", boxes1, listed=True)
@@ -46,7 +40,9 @@ def box_iou(boxes1, boxes2):
     top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
     bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
     intersection = (bottom_right - top_left).clamp(min=0).prod(-1)
-    union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - intersection
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    union = area1[:, None] + area2[None, :] - intersection
     return intersection / union, union
 
 
@@ -57,12 +53,10 @@ def generalized_box_iou(boxes1, boxes2):
     IoU for nested boxes, 1 for identical ones, and keeps decreasing (below 0) as disjoint boxes move
     apart, so unlike the IoU it still gives a gradient when the boxes do not overlap.
     """
-    check_boxes("boxes1", boxes1, listed=True)
-    check_boxes("boxes2", boxes2, listed=True)
+    iou, union = box_iou(boxes1, boxes2)  # checks the shapes
     for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
         if (boxes[:, 2:] < boxes[:, :2]).any():
             raise ValueError(f"{name} must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0")
-    iou, union = box_iou(boxes1, boxes2)
     top_left = torch.minimum(boxes1[:, None, :2], boxes2[None, :, :2])
     bottom_right = torch.maximum(boxes1[:, None, 2:], boxes2[None, :, 2:])
     enclosing = (bottom_right - top_left).clamp(min=0).prod(-1)
@@ -70,7 +64,8 @@ def generalized_box_iou(boxes1, boxes2):
 
 
 def average_precision(scores, is_true_positive, num_targets):
-    """Area under the precision-recall curve with all-point interpolation (PASCAL VOC 2010+, COCO style).
+    """Area under the precision-recall curve with all-point interpolation (PASCAL VOC since 2010;
+    COCO reads the same monotone curve at 101 recall points instead).
 
     scores (D,) and is_true_positive (D,) bool for the detections of one class, num_targets: the number of
     ground-truth boxes of that class. Precision is made monotone (each point takes the best precision at
@@ -95,19 +90,27 @@ def average_precision(scores, is_true_positive, num_targets):
     return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
 
 
-def mean_average_precision(predictions, targets, iou_threshold=0.5):
-    """mAP@iou_threshold over a set of images (PASCAL VOC protocol with all-point interpolation).
+def mean_average_precision(predictions, targets, iou_threshold=0.5, matching="coco"):
+    """mAP@iou_threshold over a set of images, with all-point interpolation (``average_precision``).
 
     predictions: per image a dict with boxes (D, 4) corners, scores (D,), labels (D,);
     targets: per image a dict with boxes (T, 4) corners, labels (T,). Per class, detections of all
-    images are ranked by score; each one is a true positive if its best-overlapping unclaimed
-    ground-truth box of the same class in its image has IoU >= threshold (each ground truth can be
-    claimed once, so duplicates count as false positives). AP per class, averaged over the classes
+    images are ranked by score and each one is a true positive or a false positive. Each ground-truth
+    box can be claimed once, so a duplicate of a found object is a false positive; ``matching`` says
+    which box a detection tries to claim:
+
+    - "coco" (pycocotools' rule): the best-overlapping *unclaimed* ground-truth box of its class;
+    - "voc" (PASCAL VOC's devkit): the best-overlapping box, claimed or not; if it is already
+      claimed, the detection is a false positive even when another free box overlaps it enough.
+
+    It is a true positive if that box has IoU >= threshold. AP per class, averaged over the classes
     that have ground truth. Returns {"map": float, "ap_per_class": {class id: AP}}.
     """
     if len(predictions) != len(targets):
         raise ValueError(f"got {len(predictions)} predictions but {len(targets)} targets")
     check_probability("iou_threshold", iou_threshold)
+    if matching not in ("coco", "voc"):
+        raise ValueError(f"matching must be 'coco' or 'voc', got {matching!r}")
     if len(targets) == 0:
         raise ValueError("mean_average_precision needs at least one image")
     classes = sorted({int(c) for t in targets for c in t["labels"]})
@@ -125,24 +128,32 @@ def mean_average_precision(predictions, targets, iou_threshold=0.5):
                 continue
             order = box_scores.argsort(descending=True, stable=True)
             boxes, box_scores = boxes[order], box_scores[order]
-            claimed = torch.zeros(len(gt), dtype=torch.bool)
-            ious = box_iou(boxes, gt)[0] if len(gt) else torch.zeros(len(boxes), 0)
-            for i in range(len(boxes)):
-                candidates = ious[i].masked_fill(claimed, -1.0)
-                best = int(candidates.argmax()) if len(gt) else -1
-                hit = best >= 0 and candidates[best] >= iou_threshold
-                if hit:
-                    claimed[best] = True
-                hits.append(hit)
+            hits += match_detections(boxes, gt, iou_threshold, matching)
             scores.extend(box_scores.tolist())
         ap_per_class[c] = average_precision(scores, hits, num_targets)
     return {"map": float(np.mean(list(ap_per_class.values()))), "ap_per_class": ap_per_class}
 
 
+def match_detections(boxes, gt, iou_threshold, matching):
+    """Detections (D, 4) in decreasing score order against ground truth (T, 4) of one class and image
+    -> list of D bools (true positive or not), claiming each ground-truth box at most once."""
+    if len(gt) == 0:
+        return [False] * len(boxes)
+    claimed = torch.zeros(len(gt), dtype=torch.bool)
+    hits = []
+    for ious in box_iou(boxes, gt)[0]:
+        candidates = ious.masked_fill(claimed, -1.0) if matching == "coco" else ious
+        best = int(candidates.argmax())
+        hit = bool(candidates[best] >= iou_threshold) and not claimed[best]
+        claimed[best] |= hit
+        hits.append(hit)
+    return hits
+
+
 def pack_targets(boxes, labels, image_size, max_objects):
     """Per-image lists of pixel boxes [[x0, y0, x1, y1], ...] and labels -> one padded tensor
     (N, max_objects, 5): label, then (cx, cy, w, h) normalised by ``image_size``; padding rows have
-    label -1. One tensor lets ``homl16.train.tensor_batches`` shuffle and batch the targets."""
+    label -1. One tensor can be indexed by a batch of item indices like the images."""
     if len(boxes) != len(labels):
         raise ValueError(f"got {len(boxes)} box lists but {len(labels)} label lists")
     check_positive("image_size", image_size)

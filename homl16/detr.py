@@ -8,19 +8,17 @@ and applies the set loss (``set_loss``) to the matched pairs; the unmatched quer
 """
 
 import math
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from tqdm.auto import tqdm
 
 from homl16.boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, unpack_targets
 from homl16.checks import check_positive, check_rank
 from homl16.runtime import get_device
-from homl16.train import tensor_batches
+from homl16.train import adamw_one_cycle, train
 
 
 def sine_position_encoding(height, width, dim, temperature=10_000):
@@ -29,8 +27,6 @@ def sine_position_encoding(height, width, dim, temperature=10_000):
     The first dim/2 channels encode the row (y), the last dim/2 the column (x); each half interleaves
     sin and cos at geometrically spaced frequencies of the position normalised to (0, 2 pi].
     """
-    for name, value in (("height", height), ("width", width), ("dim", dim)):
-        check_positive(name, value, integer=True)
     if dim % 4 != 0:
         raise ValueError(f"dim must be divisible by 4, got {dim}")
     half = dim // 2
@@ -62,6 +58,9 @@ class DETR(nn.Module):
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
                             ("num_queries", num_queries)):
             check_positive(name, value, integer=True)
+        if dim % 4 != 0 or dim % num_heads != 0:
+            raise ValueError(f"dim must be divisible by 4 (the sine encoding) and by num_heads={num_heads}, "
+                             f"got {dim}")
         self.num_classes, self.num_queries, self.in_channels = num_classes, num_queries, in_channels
         self.backbone = backbone
         self.project = nn.Conv2d(in_channels, dim, kernel_size=1)
@@ -188,42 +187,22 @@ def set_loss(outputs, targets, no_object_weight=0.1, class_weight=1.0, l1_weight
 
 def train_detr(model, features, packed_targets, epochs, lr=1e-3, batch_size=64, aux_loss=True,
                weight_decay=1e-4, device=None, seed=42, desc="training DETR", **loss_options):
-    """Train ``model`` with AdamW, a one-cycle schedule and gradient clipping (0.1, as DETR) on
-    in-memory features (N, C, h, w) and padded targets (N, max_objects, 5) (``pack_targets``).
+    """Train ``model`` with the course's loop: AdamW, a one-cycle schedule and gradient clipping (0.1,
+    as DETR) on in-memory features (N, C, h, w) and padded targets (N, max_objects, 5) (``pack_targets``).
     Returns a history of per-epoch lists: epoch, loss, ce, l1, giou, seconds."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    check_positive("batch_size", batch_size, integer=True)
+    if len(features) != len(packed_targets):
+        raise ValueError(f"got {len(features)} feature maps but {len(packed_targets)} targets")
     device = device or get_device()
     model.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(features) / batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch,
-                                                    pct_start=0.1)
-    history = {"epoch": [], "loss": [], "ce": [], "l1": [], "giou": [], "seconds": []}
-    start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch")
-    for epoch in bar:
-        model.train()
-        sums = {"loss": 0.0, "ce": 0.0, "l1": 0.0, "giou": 0.0}
-        for X_batch, y_batch in tensor_batches(features, packed_targets, batch_size, shuffle=True,
-                                               generator=generator):
-            outputs = model(X_batch.to(device))
-            losses = set_loss(outputs, unpack_targets(y_batch), aux_loss=aux_loss, **loss_options)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-            optimizer.step()
-            scheduler.step()
-            for key in sums:
-                sums[key] += float(losses[key].detach() if key == "loss" else losses[key]) * len(X_batch)
-        history["epoch"].append(epoch)
-        for key, value in sums.items():
-            history[key].append(value / len(features))
-        history["seconds"].append(time.perf_counter() - start)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", giou=f"{history['giou'][-1]:.3f}")
-    return history
+    optimizer, scheduler = adamw_one_cycle(model, lr, len(features), batch_size, epochs, weight_decay)
+
+    def batch_loss(indices):
+        outputs = model(features[indices].to(device))
+        return set_loss(outputs, unpack_targets(packed_targets[indices]), aux_loss=aux_loss, **loss_options)
+
+    history = train(model, batch_loss, len(features), optimizer, epochs=epochs, batch_size=batch_size,
+                    scheduler=scheduler, clip_grad=0.1, seed=seed, desc=desc)
+    return {k: v for k, v in history.items() if not k.startswith("step_")}
 
 
 @torch.no_grad()

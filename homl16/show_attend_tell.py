@@ -7,17 +7,15 @@ LSTM cell with the previous word to predict the next word. The attention weights
 where the decoder looked when it wrote that word.
 """
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from homl16.checks import check_ids, check_positive, check_rank, check_strings
 from homl16.data.shapes import COLOURS, SHAPES
 from homl16.runtime import get_device
+from homl16.train import adamw_one_cycle, train
 
 RELATION_WORDS = ("left", "right", "above", "below")
 
@@ -206,10 +204,7 @@ def caption_loss(logits, targets, weights, pad_id=0, attention_penalty=1.0):
 
     logits (B, T, V), targets (B, T), weights (B, T, H, W) -> scalar loss.
     """
-    check_rank("logits", logits, 3, "(batch, length, vocab_size)")
-    check_rank("targets", targets, 2, "(batch, length)")
-    check_rank("weights", weights, 4, "(batch, length, height, width)")
-    if targets.shape != logits.shape[:2] or weights.shape[:2] != logits.shape[:2]:
+    if logits.dim() != 3 or targets.shape != logits.shape[:2] or weights.shape[:2] != logits.shape[:2]:
         raise ValueError(f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and weights "
                          f"{tuple(weights.shape)} must share (batch, length)")
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
@@ -221,63 +216,35 @@ def caption_loss(logits, targets, weights, pad_id=0, attention_penalty=1.0):
     return loss
 
 
-def length_batches(lengths, batch_size, generator=None):
-    """Shuffled batches of indices (a list of long tensors) in which every caption has the same
-    length ("bucketing"), so that a batch of short captions takes few decoding steps."""
-    check_rank("lengths", lengths, 1, "(num_captions,)")
-    check_positive("batch_size", batch_size, integer=True)
-    order = torch.randperm(len(lengths), generator=generator)
-    batches = [chunk for length in lengths.unique()
-               for chunk in order[lengths[order] == length].split(batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-
-
 def train_captioner(model, maps, tokens, epochs, batch_size=64, lr=3e-3, attention_penalty=0.0,
                     pad_id=0, device=None, seed=42, desc="captioner"):
-    """Train a ``CaptionDecoder`` with teacher forcing on maps (N, D, H, W) and tokens (N, T)
-    (from ``Vocabulary.encode``), in batches of captions of equal length (``length_batches``).
-    Adam with a one-cycle schedule and gradient clipping at 5.
+    """Train a ``CaptionDecoder`` with teacher forcing on maps (N, D, H, W) and tokens (N, T) (from
+    ``Vocabulary.encode``) with the course's loop: AdamW without weight decay, a one-cycle schedule and
+    gradient clipping at 5. Each batch is cut to its longest caption, so a batch of short captions
+    takes fewer decoding steps.
 
     Returns a history dict of per-epoch lists: epoch, loss, token_accuracy (teacher-forced, over
     non-pad targets), seconds.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
     if len(maps) != len(tokens) or len(maps) == 0:
         raise ValueError(f"need as many maps as captions (at least one), got {len(maps)} and {len(tokens)}")
     device = device or get_device()
     model.to(device)
     lengths = (tokens != pad_id).sum(dim=1)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * len(length_batches(lengths, batch_size, torch.Generator().manual_seed(seed)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    history = {"epoch": [], "loss": [], "token_accuracy": [], "seconds": []}
-    start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch")
-    for epoch in bar:
-        model.train()
-        total_loss = correct = count = 0.0
-        for batch in length_batches(lengths, batch_size, generator):
-            length = int(lengths[batch[0]])
-            maps_batch, tokens_batch = maps[batch].to(device), tokens[batch, :length].to(device)
-            inputs, targets = tokens_batch[:, :-1], tokens_batch[:, 1:]
-            logits, weights = model(maps_batch, inputs)
-            loss = caption_loss(logits, targets, weights, pad_id, attention_penalty)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(batch)
-            correct += (logits.argmax(-1) == targets).sum().item()
-            count += targets.numel()
-        history["epoch"].append(epoch)
-        history["loss"].append(total_loss / len(maps))
-        history["token_accuracy"].append(correct / count)
-        history["seconds"].append(time.perf_counter() - start)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['token_accuracy'][-1]:.3f}")
-    return history
+    optimizer, scheduler = adamw_one_cycle(model, lr, len(maps), batch_size, epochs, weight_decay=0.0)
+
+    def batch_loss(indices):
+        tokens_batch = tokens[indices, :int(lengths[indices].max())].to(device)
+        inputs, targets = tokens_batch[:, :-1], tokens_batch[:, 1:]
+        logits, weights = model(maps[indices].to(device), inputs)
+        real = targets != pad_id
+        correct = (logits.argmax(-1) == targets)[real].float().mean()
+        return {"loss": caption_loss(logits, targets, weights, pad_id, attention_penalty),
+                "token_accuracy": correct}
+
+    history = train(model, batch_loss, len(maps), optimizer, epochs=epochs, batch_size=batch_size,
+                    scheduler=scheduler, clip_grad=5.0, seed=seed, desc=desc)
+    return {k: v for k, v in history.items() if not k.startswith("step_")}
 
 
 # ---------------------------------------------------------------- evaluation
@@ -285,7 +252,6 @@ def train_captioner(model, maps, tokens, epochs, batch_size=64, lr=3e-3, attenti
 @torch.no_grad()
 def greedy_captions(model, maps, vocabulary, max_length=20, batch_size=512, device=None):
     """Greedy captions of maps (N, D, H, W) -> (list of word lists, weights (N, T, H, W) on the CPU)."""
-    check_rank("maps", maps, 4, "(batch, feature_dim, height, width)")
     check_positive("batch_size", batch_size, integer=True)
     device = device or get_device()
     model.to(device).eval()
@@ -327,10 +293,6 @@ def word_referents(words):
 def cell_centres_in_box(box, grid, image_size):
     """Boolean (grid, grid): which cell centres of a grid×grid map over the image lie inside the
     pixel box (x0, y0, x1, y1) (inclusive pixel indices)."""
-    check_positive("grid", grid, integer=True)
-    check_positive("image_size", image_size)
-    if len(box) != 4:
-        raise ValueError(f"box must be (x0, y0, x1, y1), got {box!r}")
     centres = (torch.arange(grid) + 0.5) * image_size / grid - 0.5  # in pixel-index coordinates
     x0, y0, x1, y1 = box
     inside_x = (centres >= x0) & (centres <= x1)
@@ -347,6 +309,7 @@ def attention_in_box(generated, weights, scenes, image_size):
     -> {"in_box", "chance", "words"} (rates over the counted words, and how many were counted).
     """
     check_rank("weights", weights, 4, "(captions, length, grid, grid)")
+    check_positive("image_size", image_size)
     if not len(generated) == len(weights) == len(scenes):
         raise ValueError(f"lengths differ: {len(generated)} captions, {len(weights)} weights, "
                          f"{len(scenes)} scenes")

@@ -95,3 +95,16 @@ def test_map_is_one_for_perfect_predictions_and_drops_as_expected():
     assert mean_average_precision(wrong_class, targets)["ap_per_class"][1] == 0.0
     with pytest.raises(ValueError, match="2 targets"):
         mean_average_precision(perfect[:1], targets)
+
+
+def test_map_matching_coco_claims_a_free_box_where_voc_counts_a_false_positive():
+    # A and B overlap (IoU 2/3). The first detection is A itself; the second overlaps A best (IoU 0.905)
+    # and B enough (0.739). COCO lets it claim the free B; VOC takes its best box A, already claimed.
+    targets = [image([[0, 0, 10, 10], [2, 0, 12, 10]], [0, 0])]
+    predictions = [image([[0, 0, 10, 10], [0.5, 0, 10.5, 10]], [0, 0], [0.9, 0.8])]
+    assert mean_average_precision(predictions, targets)["map"] == 1.0  # "coco" is the default
+    assert mean_average_precision(predictions, targets, matching="coco")["map"] == 1.0
+    assert mean_average_precision(predictions, targets, matching="voc")["map"] == pytest.approx(0.5)
+    # where the best box is free, both rules agree
+    swapped = [image([[0, 0, 10, 10], [1.5, 0, 11.5, 10]], [0, 0], [0.9, 0.8])]  # IoU 0.74 with A, 0.9 with B
+    assert mean_average_precision(swapped, targets, matching="voc")["map"] == 1.0

@@ -156,3 +156,32 @@ def test_cached_dataset_builds_once_per_options(tmp_path, monkeypatch):
     assert cached_dataset("toy", build, seed=0)["x"] == [1]  # from the cache
     assert cached_dataset("toy", build, seed=1)["x"] == [2]  # other options, other entry
     assert len(calls) == 2
+
+
+def test_cached_dataset_is_rebuilt_when_a_data_module_it_uses_changes(tmp_path, monkeypatch):
+    """A dataset built in one module (food.py) from another's generator (shapes.py) must not be served
+    stale after the generator changes: the key covers the homl16.data sources, not only the build's file."""
+    import shutil
+
+    from datasets import Dataset
+
+    from homl16.data import convert
+
+    package = tmp_path / "data"
+    shutil.copytree(convert.DATA_PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__", "*.txt"))
+    monkeypatch.setattr(convert, "DATA_PACKAGE", package)
+    monkeypatch.setenv("HOML16_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def build():  # defined here, in the test file: its own source does not change below
+        calls.append(1)
+        return Dataset.from_dict({"x": [len(calls)]})
+
+    before = convert.dataset_key(build, {"seed": 0})
+    assert convert.cached_dataset("toy", build, seed=0)["x"] == [1]
+    assert convert.cached_dataset("toy", build, seed=0)["x"] == [1]  # from the cache
+    with open(package / "shapes.py", "a") as f:
+        f.write("\n# the generator changed\n")
+    assert convert.dataset_key(build, {"seed": 0}) != before
+    assert convert.cached_dataset("toy", build, seed=0)["x"] == [2]  # rebuilt, not stale
+    assert len(calls) == 2

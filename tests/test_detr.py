@@ -12,6 +12,7 @@ from homl16.detr import (
     matched_iou,
     set_loss,
     sine_position_encoding,
+    train_detr,
 )
 
 
@@ -109,6 +110,23 @@ def test_pack_targets_and_detections_round_trip_the_pixel_boxes():
     assert matched_iou(probabilities, targets[0]["boxes"].expand(1, 2, 4), targets[:1]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="more than max_objects"):
         pack_targets([[[0, 0, 1, 1]] * 3], [[0, 0, 0]], 64, 2)
+
+
+def test_train_detr_learns_a_box_with_the_course_loop_and_keeps_its_history_keys():
+    torch.manual_seed(0)
+    # one object per image whose class and box are written into the features
+    labels = torch.arange(8) % 2
+    features = torch.zeros(8, 4, 2, 2)
+    features[torch.arange(8), labels] = 1.0
+    boxes = [[[8, 8, 40, 40]] if c == 0 else [[24, 24, 56, 56]] for c in labels.tolist()]
+    packed = pack_targets(boxes, [[c] for c in labels.tolist()], image_size=64, max_objects=1)
+    model = DETR(num_classes=2, in_channels=4, dim=16, num_heads=2, num_encoder_layers=1,
+                 num_decoder_layers=1, ff_dim=16, num_queries=3)
+    history = train_detr(model, features, packed, epochs=40, lr=5e-3, batch_size=4, device="cpu",
+                         no_object_weight=0.4)
+    assert set(history) == {"epoch", "loss", "ce", "l1", "giou", "seconds"}
+    assert history["epoch"] == list(range(1, 41))
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
 
 
 def test_small_hf_detr_has_the_output_format_of_detr_resnet_50():

@@ -145,12 +145,24 @@ def to_tensors(dataset, mode="RGB", image_column="image", label_column="label"):
     return X.contiguous(), torch.tensor(dataset[label_column], dtype=torch.long)
 
 
+DATA_PACKAGE = Path(__file__).resolve().parent  # homl16/data: the generators a build may call
+
+
+def dataset_key(build, options):
+    """The cache key of ``build()`` with ``options``: a CRC-32 of the options and of the source of every
+    module that can change the result, the one that defines ``build`` and those of ``homl16.data``
+    (a build in food.py draws its scenes with shapes.py)."""
+    files = [Path(build.__code__.co_filename).resolve(), *sorted(DATA_PACKAGE.glob("*.py"))]
+    sources = b"".join(path.read_bytes() for path in dict.fromkeys(files))
+    return zlib.crc32(sources + repr(sorted(options.items())).encode())
+
+
 def cached_dataset(name, build, **options):
     """``build()`` once, then reload it from the homl16 cache (``datasets`` save/load_from_disk).
 
     The cache entry is keyed by ``name``, the ``options`` that change the result (seed,
-    sizes, ...) and the source of the module that defines ``build``, so editing the
-    generator never serves a stale dataset.
+    sizes, ...) and the source of the module that defines ``build`` and of the ``homl16.data``
+    modules (``dataset_key``), so editing a generator never serves a stale dataset.
     """
     from datasets import disable_progress_bars, enable_progress_bars, load_from_disk
 
@@ -158,9 +170,7 @@ def cached_dataset(name, build, **options):
         raise ValueError(f"name must be a plain name like 'shapes', got {name!r}")
     if not callable(build) or not hasattr(build, "__code__"):
         raise TypeError(f"build must be a Python function that returns a Dataset, got {type(build).__name__}")
-    source = Path(build.__code__.co_filename).read_bytes()
-    key = zlib.crc32(source + repr(sorted(options.items())).encode())
-    path = cache_dir() / "datasets" / f"{name}-{key:08x}"
+    path = cache_dir() / "datasets" / f"{name}-{dataset_key(build, options):08x}"
     if path.exists():
         return load_from_disk(str(path))
     dataset = build()
