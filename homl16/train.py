@@ -119,7 +119,7 @@ def train(model, batch_loss, num_items, optimizer, epochs=None, steps=None, batc
             if after_step is not None:
                 after_step(step)
             for name, value in losses.items():
-                value = float(value)
+                value = float(value.detach() if isinstance(value, torch.Tensor) else value)
                 history.setdefault(f"step_{name}", []).append(value)
                 sums[name] = sums.get(name, 0.0) + value
             bar.update()
