@@ -149,3 +149,45 @@ def growth_per_doubling(rows, kind, key="seconds", last=True):
         raise ValueError(f"the image sides must double, got {[row['image_side'] for row in rows]}")
     ratios = [b / a for a, b in zip(values, values[1:])]
     return ratios[-1] if last else math.prod(ratios) ** (1 / len(ratios))
+
+
+@torch.no_grad()
+def window_block_parts(image_sides, patch_size=4, embed_dim=64, num_heads=2, window_size=7, repeats=5,
+                       seed=0):
+    """Where a shifted Swin block's forward time goes: the median seconds of each of its parts on
+    images of each side, timed in interleaved rounds like ``measure_cost_growth``.
+
+    -> {image_side: {part: seconds}} with the parts "layer norms" (both), "roll + windows" (the two
+    cyclic shifts, window partition and reverse: pure memory moves), "window attention" (projections,
+    bias + mask, scaled dot-product attention) and "MLP". Their sum is close to the block's time.
+    """
+    from homl16.swin import cyclic_shift, window_partition, window_reverse
+
+    check_positive("repeats", repeats, integer=True)
+    torch.manual_seed(seed)
+    block, _ = make_block("window", embed_dim, num_heads, window_size)
+    w, s = window_size, block.shift_size
+    runs = []  # (side, part, function of no argument)
+    for side in image_sides:
+        H = W = side // patch_size
+        x = torch.randn(1, H * W, embed_dim)
+        grid = x.view(1, H, W, embed_dim)
+        windows = window_partition(cyclic_shift(grid, s), w).view(-1, w * w, embed_dim)
+        mask = block.shift_mask((H, W), x.device, x.dtype)
+
+        def moves(grid=grid, H=H, W=W):
+            windows = window_partition(cyclic_shift(grid, s), w)
+            return cyclic_shift(window_reverse(windows, (H, W)), s, reverse=True)
+
+        runs += [(side, "layer norms", lambda x=x: (block.norm1(x), block.norm2(x))),
+                 (side, "roll + windows", moves),
+                 (side, "window attention", lambda windows=windows, mask=mask: block.attn(windows, mask)),
+                 (side, "MLP", lambda x=x: block.mlp(x))]
+    times = {}
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for side, part, run in runs:
+            start = time.perf_counter()
+            run()
+            if round_:
+                times.setdefault(side, {}).setdefault(part, []).append(time.perf_counter() - start)
+    return {side: {part: statistics.median(t) for part, t in parts.items()} for side, parts in times.items()}

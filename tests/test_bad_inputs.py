@@ -198,6 +198,7 @@ CASES = [
     case(cost.measure_cost_growth, [16], patch_size=0, match="patch_size must be positive"),
     case(cost.measure_cost_growth, [], match="image_sides is empty"),
     case(cost.measure_cost_growth, [16], kinds=("local",), match="kind must be one of"),
+    case(cost.window_block_parts, [56], repeats=0, match="repeats must be positive"),
     case(cost.growth_per_doubling, [{"kind": "global", "image_side": 8, "seconds": 1}], "global",
          match="at least two sizes"),
     # ---------------------------------------------------------------- vit
