@@ -94,34 +94,46 @@ def time_block(block, x, *args, repeats=3, warmup=1, call=None):
 
 
 def measure_cost_growth(image_sides, patch_size=4, kinds=KINDS, embed_dim=64, num_heads=2, window_size=7,
-                        sr_ratio=8, batch_size=1, repeats=3, max_seconds=None, seed=0):
+                        sr_ratio=8, batch_size=1, repeats=5, max_seconds=None, seed=0):
     """Time one block of each kind on images of each side (forward pass, batch of ``batch_size``).
 
-    -> list of dict rows {kind, image_side, grid, tokens, scores, seconds}; scores per head and image.
-    A kind stops growing once one of its measurements takes more than ``max_seconds``.
+    The timings are interleaved: after one untimed warm-up round, each of ``repeats`` rounds times
+    every (kind, side) once, so a burst of load on a shared machine slows all sizes of a round alike
+    instead of one size of one kind. -> list of dict rows {kind, image_side, grid, tokens, scores,
+    seconds, all_seconds}: seconds is the median over the rounds, scores per head and image.
+    A kind stops growing once its warm-up run at one side takes more than ``max_seconds``.
     """
     check_positive("patch_size", patch_size, integer=True)
     check_positive("batch_size", batch_size, integer=True)
+    check_positive("repeats", repeats, integer=True)
     image_sides = list(image_sides)
     if not image_sides:
         raise ValueError("image_sides is empty")
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown:
         raise ValueError(f"kind must be one of {KINDS}, got {unknown}")
-    rows = []
+    bad = [side for side in image_sides if side % patch_size]
+    if bad:
+        raise ValueError(f"image sides {bad} must be divisible by patch_size={patch_size}")
+    runs = []  # (row, block, call, x), timed round after round
     for kind in kinds:
         torch.manual_seed(seed)
         block, call = make_block(kind, embed_dim, num_heads, window_size, sr_ratio)
         for side in image_sides:
-            if side % patch_size:
-                raise ValueError(f"image side {side} must be divisible by patch_size={patch_size}")
             grid = (side // patch_size, side // patch_size)
             x = torch.randn(batch_size, grid[0] * grid[1], embed_dim)
-            seconds = time_block(block, x, grid, repeats=repeats, call=call)
-            rows.append({"kind": kind, "image_side": side, "grid": grid, "tokens": grid[0] * grid[1],
-                         "scores": attention_scores(kind, grid, window_size, sr_ratio), "seconds": seconds})
-            if max_seconds is not None and seconds > max_seconds:
+            row = {"kind": kind, "image_side": side, "grid": grid, "tokens": grid[0] * grid[1],
+                   "scores": attention_scores(kind, grid, window_size, sr_ratio), "all_seconds": []}
+            runs.append((row, block, call, x))
+            warmup_seconds = time_block(block, x, grid, repeats=1, warmup=0, call=call)  # the warm-up round
+            if max_seconds is not None and warmup_seconds > max_seconds:
                 break
+    for _ in range(repeats):
+        for row, block, call, x in runs:
+            row["all_seconds"].append(time_block(block, x, row["grid"], repeats=1, warmup=0, call=call))
+    rows = [row for row, *_ in runs]
+    for row in rows:
+        row["seconds"] = statistics.median(row["all_seconds"])
     return rows
 
 
@@ -137,3 +149,45 @@ def growth_per_doubling(rows, kind, key="seconds", last=True):
         raise ValueError(f"the image sides must double, got {[row['image_side'] for row in rows]}")
     ratios = [b / a for a, b in zip(values, values[1:])]
     return ratios[-1] if last else math.prod(ratios) ** (1 / len(ratios))
+
+
+@torch.no_grad()
+def window_block_parts(image_sides, patch_size=4, embed_dim=64, num_heads=2, window_size=7, repeats=5,
+                       seed=0):
+    """Where a shifted Swin block's forward time goes: the median seconds of each of its parts on
+    images of each side, timed in interleaved rounds like ``measure_cost_growth``.
+
+    -> {image_side: {part: seconds}} with the parts "layer norms" (both), "roll + windows" (the two
+    cyclic shifts, window partition and reverse: pure memory moves), "window attention" (projections,
+    bias + mask, scaled dot-product attention) and "MLP". Their sum is close to the block's time.
+    """
+    from homl16.swin import cyclic_shift, window_partition, window_reverse
+
+    check_positive("repeats", repeats, integer=True)
+    torch.manual_seed(seed)
+    block, _ = make_block("window", embed_dim, num_heads, window_size)
+    w, s = window_size, block.shift_size
+    runs = []  # (side, part, function of no argument)
+    for side in image_sides:
+        H = W = side // patch_size
+        x = torch.randn(1, H * W, embed_dim)
+        grid = x.view(1, H, W, embed_dim)
+        windows = window_partition(cyclic_shift(grid, s), w).view(-1, w * w, embed_dim)
+        mask = block.shift_mask((H, W), x.device, x.dtype)
+
+        def moves(grid=grid, H=H, W=W):
+            windows = window_partition(cyclic_shift(grid, s), w)
+            return cyclic_shift(window_reverse(windows, (H, W)), s, reverse=True)
+
+        runs += [(side, "layer norms", lambda x=x: (block.norm1(x), block.norm2(x))),
+                 (side, "roll + windows", moves),
+                 (side, "window attention", lambda windows=windows, mask=mask: block.attn(windows, mask)),
+                 (side, "MLP", lambda x=x: block.mlp(x))]
+    times = {}
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for side, part, run in runs:
+            start = time.perf_counter()
+            run()
+            if round_:
+                times.setdefault(side, {}).setdefault(part, []).append(time.perf_counter() - start)
+    return {side: {part: statistics.median(t) for part, t in parts.items()} for side, parts in times.items()}

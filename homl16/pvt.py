@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_grid_tokens, check_images, check_paired_shapes, check_positive, check_rank
+from homl16.checks import check_grid_tokens, check_images, check_positive, check_rank
 from homl16.transformer import MLP, MultiHeadAttention
+from homl16.weights import copy_weights, linear_pairs
 
 
 def tokens_to_grid(x, grid_size):
@@ -220,26 +221,19 @@ class PVTSegmenter(nn.Module):
         return self.head(self.backbone(X), image_size=X.shape[-2:])
 
 
-def _module_pairs(ours, theirs):
-    return [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]
-
-
 def attention_parameter_pairs(attn, hf_attention):
     """(course tensor, transformers tensor) pairs of a ``SpatialReductionAttention`` and a
-    transformers ``PvtV2SelfAttention``. The course's fused key/value projection ``kv`` pairs, in
-    halves, with transformers' separate ``key`` and ``value``; ``reduce``/``reduce_norm`` pair with
+    transformers ``PvtV2SelfAttention``. The course's fused key/value projection ``kv`` pairs with
+    transformers' separate ``key`` and ``value`` (joined); ``reduce``/``reduce_norm`` pair with
     ``spatial_reduction``/``layer_norm``."""
     if hf_attention.spatial_reduction_ratio != attn.sr_ratio or hf_attention.linear_attention:
         raise ValueError(f"sr_ratio differs: {attn.sr_ratio} vs {hf_attention.spatial_reduction_ratio} "
                          "(or the transformers model uses linear attention)")
-    pairs = _module_pairs(attn.q, hf_attention.query) + _module_pairs(attn.proj, hf_attention.proj)
-    for ours, key, value in zip((attn.kv.weight, attn.kv.bias),
-                                (hf_attention.key.weight, hf_attention.key.bias),
-                                (hf_attention.value.weight, hf_attention.value.bias)):
-        pairs += [(ours[:len(key)], key), (ours[len(key):], value)]
+    pairs = (linear_pairs(attn.q, hf_attention.query) + linear_pairs(attn.proj, hf_attention.proj)
+             + linear_pairs(attn.kv, [hf_attention.key, hf_attention.value]))
     if attn.sr_ratio > 1:
-        pairs += _module_pairs(attn.reduce, hf_attention.spatial_reduction)
-        pairs += _module_pairs(attn.reduce_norm, hf_attention.layer_norm)
+        pairs += linear_pairs(attn.reduce, hf_attention.spatial_reduction)
+        pairs += linear_pairs(attn.reduce_norm, hf_attention.layer_norm)
     return pairs
 
 
@@ -249,10 +243,10 @@ def block_parameter_pairs(block, hf_layer):
         raise ValueError("transformers' PVT-v2 block has a depthwise conv in its MLP: use conv_mlp=True")
     mlp, hf_mlp = block.mlp, hf_layer.mlp
     return (attention_parameter_pairs(block.attn, hf_layer.attention)
-            + _module_pairs(block.norm1, hf_layer.layer_norm_1)
-            + _module_pairs(block.norm2, hf_layer.layer_norm_2)
-            + _module_pairs(mlp.fc1, hf_mlp.dense1) + _module_pairs(mlp.dwconv, hf_mlp.dwconv.dwconv)
-            + _module_pairs(mlp.fc2, hf_mlp.dense2))
+            + linear_pairs(block.norm1, hf_layer.layer_norm_1)
+            + linear_pairs(block.norm2, hf_layer.layer_norm_2)
+            + linear_pairs(mlp.fc1, hf_mlp.dense1) + linear_pairs(mlp.dwconv, hf_mlp.dwconv.dwconv)
+            + linear_pairs(mlp.fc2, hf_mlp.dense2))
 
 
 def paired_parameters(pvt, hf_model):
@@ -265,20 +259,19 @@ def paired_parameters(pvt, hf_model):
     for stage, layer in zip(pvt.stages, hf.encoder.layers):
         if len(stage.blocks) != len(layer.blocks):
             raise ValueError(f"stage depth differs: {len(stage.blocks)} vs {len(layer.blocks)}")
-        pairs += _module_pairs(stage.patch_embed.conv2d, layer.patch_embedding.proj)
-        pairs += _module_pairs(stage.patch_embed.norm, layer.patch_embedding.layer_norm)
-        pairs += _module_pairs(stage.norm, layer.layer_norm)
+        pairs += linear_pairs(stage.patch_embed.conv2d, layer.patch_embedding.proj)
+        pairs += linear_pairs(stage.patch_embed.norm, layer.patch_embedding.layer_norm)
+        pairs += linear_pairs(stage.norm, layer.layer_norm)
         for block, hf_layer in zip(stage.blocks, layer.blocks):
             pairs += block_parameter_pairs(block, hf_layer)
-    check_paired_shapes(pairs, "PVT")
     return pairs
 
 
-@torch.no_grad()
 def copy_weights_from_hf(module, hf_module):
-    """Copy transformers' PVT-v2 weights into the course's matching module and return it:
-    a ``PyramidVisionTransformer`` from a ``PvtV2Model``, a ``PVTBlock`` from a ``PvtV2BlockLayer``,
-    or a ``SpatialReductionAttention`` from a ``PvtV2SelfAttention``. They then compute the same thing."""
+    """Copy transformers' PVT-v2 weights into the course's matching module (with
+    ``homl16.weights.copy_weights``) and return it: a ``PyramidVisionTransformer`` from a ``PvtV2Model``,
+    a ``PVTBlock`` from a ``PvtV2BlockLayer``, or a ``SpatialReductionAttention`` from a
+    ``PvtV2SelfAttention``. They then compute the same thing."""
     if isinstance(module, PyramidVisionTransformer):
         pairs = paired_parameters(module, hf_module)
     elif isinstance(module, PVTBlock):
@@ -287,9 +280,7 @@ def copy_weights_from_hf(module, hf_module):
         pairs = attention_parameter_pairs(module, hf_module)
     else:
         raise ValueError(f"cannot copy transformers weights into a {type(module).__name__}")
-    check_paired_shapes(pairs, type(module).__name__)
-    for ours, theirs in pairs:
-        ours.copy_(theirs)
+    copy_weights(pairs, to="course", model_name=type(module).__name__)
     return module
 
 

@@ -12,45 +12,36 @@ paper's figure), so a stage's output is its feature map; transformers merges at 
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_grid_tokens, check_images, check_positive, check_rank
+from homl16.checks import check_divisible, check_grid_tokens, check_images, check_positive
 from homl16.segment import SegmentationHead
-from homl16.transformer import MLP
+from homl16.transformer import MLP, MultiHeadAttention
 from homl16.vit import PatchEmbedding
+from homl16.weights import copy_weights, linear_pairs
 
 
 def window_partition(x, window_size):
-    """Cut a grid of tokens into non-overlapping square windows.
+    """Cut a grid of tokens into non-overlapping square windows (H and W divisible by window_size).
 
     x (B, H, W, D) -> (B * num_windows, window_size, window_size, D), windows in row-major order
     per image (num_windows = H / window_size * W / window_size).
     """
-    check_rank("x", x, 4, "(batch, height, width, embed_dim)")
     B, H, W, D = x.shape
-    check_divisible("grid height", H, window_size, "window_size")
-    check_divisible("grid width", W, window_size, "window_size")
     x = x.view(B, H // window_size, window_size, W // window_size, window_size, D)
     return x.transpose(2, 3).reshape(-1, window_size, window_size, D)
 
 
 def window_reverse(windows, grid_size):
     """The inverse of ``window_partition``: (B * num_windows, w, w, D) -> (B, H, W, D)."""
-    check_rank("windows", windows, 4, "(batch * num_windows, window_size, window_size, embed_dim)")
     H, W = grid_size
     window_size, D = windows.shape[1], windows.shape[-1]
-    check_divisible("grid height", H, window_size, "window_size")
-    check_divisible("grid width", W, window_size, "window_size")
-    rows, cols = H // window_size, W // window_size
-    check_divisible("number of windows", windows.shape[0], rows * cols, "windows per image")
-    x = windows.view(-1, rows, cols, window_size, window_size, D)
+    x = windows.view(-1, H // window_size, W // window_size, window_size, window_size, D)
     return x.transpose(2, 3).reshape(-1, H, W, D)
 
 
 def cyclic_shift(x, shift_size, reverse=False):
     """Roll a (B, H, W, D) grid up and left by ``shift_size`` (down and right with ``reverse``)."""
-    check_rank("x", x, 4, "(batch, height, width, embed_dim)")
     shift = shift_size if reverse else -shift_size
     return torch.roll(x, shifts=(shift, shift), dims=(1, 2))
 
@@ -101,22 +92,18 @@ def shifted_window_mask(grid_size, window_size, shift_size, fill=float("-inf")):
     return torch.zeros(different.shape).masked_fill(different, fill)
 
 
-class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows, with a learned relative position bias.
+class WindowAttention(MultiHeadAttention):
+    """The course's ``MultiHeadAttention`` run inside windows, plus a learned relative position bias.
 
     forward(windows, mask=None): windows (B * num_windows, N, D) with N = window_size²;
     mask None or float (num_windows, N, N) added to the scores -> (B * num_windows, N, D).
-    The bias (num_heads, N, N) and the mask go to ``F.scaled_dot_product_attention`` as one
-    additive float ``attn_mask``.
+    The bias (num_heads, N, N) and the mask go to ``MultiHeadAttention`` as one additive float
+    ``attn_mask``: (num_heads, N, N) without a mask, (B * num_windows, num_heads, N, N) with one.
     """
 
     def __init__(self, embed_dim, num_heads, window_size, qkv_bias=True):
-        super().__init__()
-        check_divisible("embed_dim", embed_dim, num_heads, "num_heads")
-        self.num_heads = num_heads
+        super().__init__(embed_dim, num_heads, bias=qkv_bias)
         self.window_size = window_size
-        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
-        self.proj = nn.Linear(embed_dim, embed_dim)
         self.relative_position_bias_table = nn.Parameter(
             torch.randn((2 * window_size - 1) ** 2, num_heads) * 0.02)
         self.register_buffer("relative_position_index", relative_position_index(window_size),
@@ -127,19 +114,16 @@ class WindowAttention(nn.Module):
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
     def forward(self, windows, mask=None):
-        check_rank("windows", windows, 3, "(batch * num_windows, window_size², embed_dim)")
-        BW, N, D = windows.shape
-        if N != self.window_size ** 2:
-            raise ValueError(f"windows must hold {self.window_size ** 2} tokens, got {N}")
-        q, k, v = self.qkv(windows).view(BW, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        bias = self.relative_position_bias()  # (heads, N, N), the same for every window
-        if mask is not None:  # (num_windows, N, N): view the batch of windows as (B, num_windows)
-            num_windows = mask.shape[0]
-            check_divisible("batch * num_windows", BW, num_windows, "num_windows")
-            q, k, v = (t.view(BW // num_windows, num_windows, *t.shape[1:]) for t in (q, k, v))
-            bias = bias + mask[:, None]  # (num_windows, heads, N, N), broadcast over the images
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # (..., heads, N, d)
-        return self.proj(out.reshape(BW, self.num_heads, N, -1).transpose(1, 2).reshape(BW, N, D))
+        if windows.dim() != 3 or windows.shape[1] != self.window_size ** 2:
+            raise ValueError(f"windows must be (batch * num_windows, {self.window_size ** 2} tokens, "
+                             f"embed_dim), got shape {tuple(windows.shape)}")
+        bias = self.relative_position_bias().to(windows.dtype)  # the same for every window
+        if mask is not None:  # one bias per window and head, repeated for every image of the batch
+            num_windows, N = mask.shape[0], mask.shape[1]
+            check_divisible("batch * num_windows", len(windows), num_windows, "num_windows")
+            bias = (bias + mask[:, None]).expand(len(windows) // num_windows, -1, -1, -1, -1)
+            bias = bias.reshape(-1, self.num_heads, N, N)
+        return super().forward(windows, attn_mask=bias)
 
 
 class SwinBlock(nn.Module):
@@ -159,18 +143,30 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(embed_dim, num_heads, window_size)
         self.norm2 = nn.LayerNorm(embed_dim, eps=eps)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio))
+        self._masks = {}  # (grid_size, device, dtype) -> shifted-window mask
+
+    def shift_mask(self, grid_size, device, dtype):
+        """The shifted-window mask (num_windows, N, N) of a grid, built once per grid size, device and
+        dtype and cached on the block (it holds no parameter: only the grid decides it)."""
+        key = (tuple(grid_size), torch.device(device), dtype)
+        if key not in self._masks:
+            mask = shifted_window_mask(grid_size, self.window_size, self.shift_size)
+            self._masks[key] = mask.to(device, dtype)
+        return self._masks[key]
 
     def forward(self, x, grid_size):
         check_grid_tokens("x", x, grid_size)
         H, W = grid_size
         B, L, D = x.shape
         w = self.window_size
+        check_divisible("grid height", H, w, "window_size")
+        check_divisible("grid width", W, w, "window_size")
         shift = self.shift_size if min(H, W) > w else 0
         grid = self.norm1(x).view(B, H, W, D)
         mask = None
         if shift:
             grid = cyclic_shift(grid, shift)
-            mask = shifted_window_mask((H, W), w, shift).to(x.device, x.dtype)
+            mask = self.shift_mask((H, W), x.device, x.dtype)
         windows = window_partition(grid, w).view(-1, w * w, D)  # (B * num_windows, N, D)
         windows = self.attn(windows, mask)
         grid = window_reverse(windows.view(-1, w, w, D), (H, W))
@@ -295,26 +291,19 @@ def small_hf_swin(image_size=64, patch_size=4, embed_dim=32, depths=(2, 2, 2), n
     return model, processor
 
 
-@torch.no_grad()
 def copy_weights_from_hf_layer(block, hf_layer):
     """Copy a transformers ``SwinLayer``'s weights into a ``SwinBlock`` of the same sizes (its separate
-    q, k, v projections go into the fused ``qkv``). The two then compute the same function.
-    Returns ``block``."""
+    k and v projections go into the course's fused ``kv``), with ``homl16.weights.copy_weights``.
+    The two then compute the same function. Returns ``block``."""
     attention = hf_layer.attention
-    hf_table = attention.relative_position_bias.relative_position_bias_table
-    table = block.attn.relative_position_bias_table
-    if table.shape != hf_table.shape:
-        raise ValueError(f"window sizes or heads differ: bias table {tuple(table.shape)} "
-                         f"vs {tuple(hf_table.shape)} in transformers'")
-    block.attn.qkv.weight.copy_(torch.cat([attention.q_proj.weight, attention.k_proj.weight,
-                                           attention.v_proj.weight]))
-    block.attn.qkv.bias.copy_(torch.cat([attention.q_proj.bias, attention.k_proj.bias,
-                                         attention.v_proj.bias]))
-    table.copy_(hf_table)
-    for ours, theirs in [(block.attn.proj, attention.o_proj), (block.norm1, hf_layer.layernorm_before),
+    pairs = [(block.attn.relative_position_bias_table,
+              attention.relative_position_bias.relative_position_bias_table)]
+    for ours, theirs in [(block.attn.q, attention.q_proj),
+                         (block.attn.kv, [attention.k_proj, attention.v_proj]),
+                         (block.attn.proj, attention.o_proj), (block.norm1, hf_layer.layernorm_before),
                          (block.norm2, hf_layer.layernorm_after), (block.mlp.fc1, hf_layer.mlp.fc1),
                          (block.mlp.fc2, hf_layer.mlp.fc2)]:
-        ours.weight.copy_(theirs.weight)
-        ours.bias.copy_(theirs.bias)
+        pairs += linear_pairs(ours, theirs)
+    copy_weights(pairs, to="course", model_name="Swin block")
     block.norm1.eps = block.norm2.eps = hf_layer.layernorm_before.eps
     return block

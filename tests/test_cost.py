@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from homl16.cost import attention_scores, growth_per_doubling, make_block, measure_cost_growth, time_block
+from homl16.cost import (
+    attention_scores,
+    growth_per_doubling,
+    make_block,
+    measure_cost_growth,
+    time_block,
+    window_block_parts,
+)
 
 
 def test_attention_scores_chapter_numbers_and_growth():
@@ -40,3 +47,12 @@ def test_time_block_and_growth_from_measurements():
         growth_per_doubling(synthetic[:1] + synthetic[2:], "k")
     with pytest.raises(ValueError, match="at least two"):
         growth_per_doubling(synthetic, "other")
+
+
+def test_interleaved_rounds_and_the_parts_of_a_swin_block():
+    rows = measure_cost_growth([28, 56], patch_size=2, kinds=("window",), embed_dim=16, repeats=3)
+    assert all(len(row["all_seconds"]) == 3 and row["seconds"] > 0 for row in rows)
+    parts = window_block_parts([28, 56], embed_dim=16, repeats=2)
+    assert list(parts) == [28, 56]
+    assert list(parts[28]) == ["layer norms", "roll + windows", "window attention", "MLP"]
+    assert all(seconds > 0 for side in parts.values() for seconds in side.values())

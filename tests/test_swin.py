@@ -39,8 +39,8 @@ def test_window_partition_and_reverse_are_inverses():
     assert torch.equal(windows[6 + 3], x[1, 4:8, :4])  # second image, second row of windows, first window
     assert torch.equal(window_reverse(windows, (8, 12)), x)
     assert torch.equal(window_partition(x, 4), hf_swin.window_partition(x, 4))
-    with pytest.raises(ValueError, match="divisible by window_size"):
-        window_partition(x, 5)
+    with pytest.raises(ValueError, match="divisible by window_size"):  # checked at the block, the public edge
+        SwinBlock(3, 1, window_size=5)(x.view(2, 96, 3), (8, 12))
 
 
 def test_relative_position_index_matches_transformers():
@@ -137,3 +137,35 @@ def test_chapter_numbers():
     mask = shifted_window_mask((28, 28), 7, 3)
     num_windows, N, _ = mask.shape
     assert (num_windows, N) == (16, 49) and num_windows * N * N == 784 * 49 == 38_416
+
+
+def test_window_attention_is_multi_head_attention_plus_a_relative_position_bias():
+    from homl16.transformer import MultiHeadAttention
+
+    attention = WindowAttention(8, 2, window_size=2).eval()
+    assert isinstance(attention, MultiHeadAttention)
+    plain = MultiHeadAttention(8, 2).eval()
+    plain.load_state_dict(attention.state_dict(), strict=False)
+    windows = torch.randn(6, 4, 8)
+    with torch.no_grad():
+        attention.relative_position_bias_table.zero_()  # no bias: plain attention
+        torch.testing.assert_close(attention(windows), plain(windows))
+        mask = shifted_window_mask((4, 6), 2, 1)  # 6 windows, as for one image of a 4x6 grid
+        expected = plain(windows, attn_mask=mask[:, None])
+        torch.testing.assert_close(attention(windows, mask), expected)
+        torch.testing.assert_close(attention(windows.repeat(2, 1, 1), mask), expected.repeat(2, 1, 1))
+
+
+def test_the_shift_mask_is_built_once_per_grid_size(monkeypatch):
+    import homl16.swin as swin
+
+    calls = []
+    build = swin.shifted_window_mask
+    monkeypatch.setattr(swin, "shifted_window_mask", lambda *args: calls.append(args) or build(*args))
+    block = SwinBlock(8, 2, window_size=4, shift_size=2).eval()
+    with torch.no_grad():
+        for grid in [(8, 8), (8, 8), (8, 12), (8, 8)]:
+            block(torch.randn(2, grid[0] * grid[1], 8), grid)
+    assert calls == [((8, 8), 4, 2), ((8, 12), 4, 2)]
+    assert all(mask.device == torch.device("cpu") for mask in block._masks.values())
+    assert "_masks" not in str(block.state_dict().keys())
