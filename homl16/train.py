@@ -21,17 +21,6 @@ def accuracy(logits, targets):
     return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
-def tensor_batches(X, y, batch_size, shuffle=False, generator=None):
-    """Yield (X_batch, y_batch) slices of in-memory tensors; faster than a DataLoader for small data."""
-    if len(X) != len(y):
-        raise ValueError(f"X and y lengths differ: {len(X)} vs {len(y)}")
-    if len(X) == 0:
-        raise ValueError("cannot make batches from an empty dataset")
-    check_positive("batch_size", batch_size, integer=True)
-    order = torch.randperm(len(X), generator=generator) if shuffle else torch.arange(len(X))
-    for start in range(0, len(X), batch_size):
-        idx = order[start:start + batch_size]
-        yield X[idx], y[idx]
 
 
 @torch.no_grad()
@@ -200,11 +189,3 @@ def adamw_one_cycle(params, lr, num_items, batch_size, epochs, weight_decay=0.05
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
                                                     total_steps=total_steps, pct_start=warmup)
     return optimizer, scheduler
-
-
-def minimise(model, batch_loss, num_items, epochs, optimizer, scheduler, batch_size, seed=42,
-             desc="training"):
-    """Transition alias of ``train`` (to be removed once every trainer calls ``train``)."""
-    history = train(model, batch_loss, num_items, optimizer, epochs=epochs, batch_size=batch_size,
-                    scheduler=scheduler, seed=seed, desc=desc)
-    return {k: v for k, v in history.items() if not k.startswith("step_")}

@@ -3,14 +3,13 @@ import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import homl16
 from homl16.augment import random_shift
 from homl16.cnn import SmallCNN
 from homl16.plot import draw_boxes, overlay_attention, plot_history, show_images, show_mask
-from homl16.train import accuracy, evaluate, fit, tensor_batches
+from homl16.train import accuracy, evaluate, fit
 
 matplotlib.use("Agg")
 
@@ -46,14 +45,14 @@ def test_training_is_deterministic_for_a_seed():
     assert a["train_loss"] != c["train_loss"]
 
 
-def test_fit_and_batches_reject_bad_input():
+def test_fit_rejects_bad_input():
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="epochs"):
         fit(model, toy_problem(), epochs=0, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(ValueError, match="empty"):
-        next(tensor_batches(torch.zeros(0, 2), torch.zeros(0), 4))
-    with pytest.raises(ValueError, match="lengths differ"):
-        next(tensor_batches(torch.zeros(3, 2), torch.zeros(2), 4))
+    with pytest.raises(ValueError, match="non-empty"):
+        fit(model, (torch.zeros(0, 2), torch.zeros(0)), 1, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="non-empty"):
+        fit(model, (torch.zeros(3, 2), torch.zeros(2)), 1, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_accuracy():
@@ -165,18 +164,3 @@ def test_write_once_also_writes_a_single_file_whole(tmp_path):
     write_once(target, lambda tmp: torch.save(torch.arange(5), tmp))  # already there: not rewritten
     assert torch.load(target, weights_only=True).tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["features.pt"]
-
-
-def test_minimise_is_deterministic_for_a_seed():
-    from homl16.train import adamw_one_cycle, minimise
-
-    def run(seed):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(3, 1)
-        X, y = torch.randn(40, 3), torch.randn(40, 1)
-        optimizer, scheduler = adamw_one_cycle(model, 0.1, len(X), 10, 3)
-        loss = lambda batch: F.mse_loss(model(X[batch]), y[batch])  # noqa: E731
-        return minimise(model, loss, len(X), 3, optimizer, scheduler, batch_size=10, seed=seed)["loss"]
-
-    assert run(1) == run(1) != run(2)
-    assert run(1)[-1] < run(1)[0]  # and it learns
