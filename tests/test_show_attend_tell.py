@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from homl16.data.captions import canonical_caption, caption_order
+from homl16.data.captions import caption_order
 from homl16.data.shapes import ShapeObject, caption_for, relation
 from homl16.data.tasks import shapes_caption_data
 from homl16.efficientnet import add_coordinates
@@ -152,10 +152,8 @@ def test_shapes_captions_have_one_canonical_order():
     left = ShapeObject("circle", "red", "small", (10, 30), 5)
     right = ShapeObject("square", "blue", "large", (50, 35), 8)
     below = ShapeObject("triangle", "green", "small", (12, 55), 5)
-    assert canonical_caption(SimpleNamespace(objects=[right, left])) == \
-        "a small red circle left of a large blue square"
-    assert canonical_caption(SimpleNamespace(objects=[below, left])) == \
-        "a small red circle above a small green triangle"
+    assert caption_for(caption_order([right, left])) == "a small red circle left of a large blue square"
+    assert caption_for(caption_order([below, left])) == "a small red circle above a small green triangle"
     assert caption_order([left]) == [left]
 
 

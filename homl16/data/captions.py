@@ -4,7 +4,7 @@ Used by the models trained on image-caption pairs (CLIP, DALL·E, BLIP-2).
 """
 
 from homl16.checks import check_probability
-from homl16.data.shapes import caption_for, relation
+from homl16.data.shapes import relation
 
 # Alt-text on the web often reads "a photo of ..."; the synthetic captions get a few such wrappers too.
 CAPTION_TEMPLATES = ("{}", "{}", "a photo of {}", "This is a photo of {}.", "a picture of {}",
@@ -48,7 +48,3 @@ def caption_order(objects):
     return [second, first] if relation(first, second) in ("right of", "below") else [first, second]
 
 
-def canonical_caption(scene):
-    """The shapes-world caption with the objects in ``caption_order``, so that each image has
-    exactly one correct caption (``ShapesWorld`` names two objects in random order)."""
-    return caption_for(caption_order(scene.objects))
