@@ -267,3 +267,11 @@ def small_detr_processor():
     from transformers import DetrImageProcessor
 
     return DetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 128})
+
+
+def offline_detr_checkpoint():
+    """Directory of the offline stand-in for facebook/detr-resnet-50: ``small_hf_detr`` and its processor,
+    saved once (see ``homl16.pretrained.STAND_INS``)."""
+    from homl16.pretrained import local_checkpoint
+
+    return local_checkpoint("small-detr", lambda: (small_hf_detr(), small_detr_processor()))

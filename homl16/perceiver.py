@@ -461,3 +461,11 @@ def downsample(images, factor):
     """Average-pool images (B, C, H, W) by ``factor`` on each side (e.g. 28x28 digits -> 14x14)."""
     check_rank("images", images, 4, "(batch, channels, height, width)")
     return F.avg_pool2d(images, factor)
+
+
+def offline_perceiver_checkpoint():
+    """Directory of the offline stand-in for deepmind/vision-perceiver-fourier (``small_hf_perceiver_fourier``
+    with ImageNet's 1,000 classes), saved once (see ``homl16.pretrained.STAND_INS``)."""
+    from homl16.pretrained import local_checkpoint
+
+    return local_checkpoint("small-perceiver-fourier", lambda: small_hf_perceiver_fourier(num_labels=1000))

@@ -17,7 +17,14 @@ HUB_HOST = "huggingface.co"
 
 # The book's hub ids -> "module:function" that returns the course's offline stand-in (a checkpoint
 # directory, built once): one place that says what each notebook uses when the hub is out of reach.
-STAND_INS = {}
+STAND_INS = {
+    "facebook/detr-resnet-50": "homl16.detr:offline_detr_checkpoint",
+    "OpenGVLab/pvt_v2_b0": "homl16.pvt:offline_pvt_checkpoint",
+    "microsoft/swin-tiny-patch4-window7-224": "homl16.swin:offline_swin_checkpoint",
+    "deepmind/vision-perceiver-fourier": "homl16.perceiver:offline_perceiver_checkpoint",
+    "openai/clip-vit-base-patch32": "homl16.clip:course_clip_checkpoint",  # the course's shapes CLIP
+    "Salesforce/blip2-opt-2.7b": "homl16.blip2:course_blip2_checkpoint",  # the course's shapes BLIP-2
+}
 _announced = set()  # one "Offline: ..." line per checkpoint, not one per model, processor and tokenizer
 
 

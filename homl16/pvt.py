@@ -321,3 +321,14 @@ def small_hf_pvt_v2(num_labels=None, seed=0, **config_options):
             return PvtV2Model(config).eval()
         config.num_labels = num_labels
         return PvtV2ForImageClassification(config).eval()
+
+
+def offline_pvt_checkpoint():
+    """Directory of the offline stand-in for OpenGVLab/pvt_v2_b0: a small PVT-v2 classifier with ImageNet's
+    1,000 classes and its 224-pixel image processor, saved once (see ``homl16.pretrained.STAND_INS``)."""
+    from transformers import PvtImageProcessorPil
+
+    from homl16.pretrained import local_checkpoint
+
+    return local_checkpoint("small-pvt-v2", lambda: (small_hf_pvt_v2(num_labels=1000, image_size=224),
+                                                     PvtImageProcessorPil()))

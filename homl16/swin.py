@@ -307,3 +307,13 @@ def copy_weights_from_hf_layer(block, hf_layer):
     copy_weights(pairs, to="course", model_name="Swin block")
     block.norm1.eps = block.norm2.eps = hf_layer.layernorm_before.eps
     return block
+
+
+def offline_swin_checkpoint():
+    """Directory of the offline stand-in for microsoft/swin-tiny-patch4-window7-224: a small Swin with the
+    real one's image size, patch and window sizes and four stages, saved once (see ``STAND_INS``)."""
+    from homl16.pretrained import local_checkpoint
+
+    return local_checkpoint("small-swin-224", lambda: small_hf_swin(
+        image_size=224, patch_size=4, embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+        window_size=7))

@@ -87,3 +87,20 @@ def test_a_registered_stand_in_is_the_default_fallback(capsys, tmp_path, monkeyp
 
 def tiny_vit_checkpoint():
     return local_checkpoint("tiny-vit", lambda: small_hf_vit(image_size=32, patch_size=8))
+
+
+def test_every_registered_stand_in_names_a_function_of_the_course():
+    from homl16.pretrained import STAND_INS, stand_in
+
+    for model_id in STAND_INS:
+        assert callable(stand_in(model_id)), model_id
+
+
+def test_the_detr_stand_in_loads_as_the_book_loads_the_real_one(tmp_path, monkeypatch, capsys):
+    from transformers import DetrForObjectDetection, DetrImageProcessor
+
+    monkeypatch.setenv("HOML16_CACHE", str(tmp_path))
+    model = load_pretrained(DetrForObjectDetection, "facebook/detr-resnet-50")
+    processor = load_pretrained(DetrImageProcessor, "facebook/detr-resnet-50")
+    assert model.config.num_queries == 10 and processor.size
+    assert capsys.readouterr().out.count("Offline: facebook/detr-resnet-50") == 1
