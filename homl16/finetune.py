@@ -54,8 +54,9 @@ def load_classifier(name, label_names, seed=42):
     model_id, class_name, _ = CLASSIFIERS[name]
     offline = offline_classifier_checkpoint(name)
     set_seed(seed)  # after the offline checkpoint, whose first build seeds on its own
+    # id2label sets num_labels too (giving both warns when the checkpoint's own map has another length)
     model = load_pretrained(getattr(transformers, class_name), model_id, offline,
-                            num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                            id2label=dict(enumerate(label_names)),
                             label2id={label: i for i, label in enumerate(label_names)})
     processor = load_pretrained(AutoImageProcessor, model_id, offline)
     return model, processor, model.name_or_path == model_id
