@@ -7,6 +7,7 @@ backward passes on the current device, the two implementations taking turns so t
 machine (run it on a quiet one). A ratio above 1 means the course's block is slower than the library's.
 """
 
+import copy
 import platform
 import statistics
 import time
@@ -100,12 +101,30 @@ def perceiver_pair(device):
             lambda x: hf_perceiver_latents(theirs, x))
 
 
-def qformer_pair(device):
+def qformer_pair(device, qformer=None, batch_size=BATCH, num_text=16, num_image_tokens=64, seed=0):
+    """Ours runs ``qformer`` (default: 32 queries on the first 4 BERT layers), theirs transformers'
+    ``Blip2QFormerModel`` with the same weights (SDPA attention, training mode), both on the queries
+    plus ``num_text`` random text tokens, all seeing all (the ITM mask): image tokens (B, N, C) ->
+    (B, Q + T, D)."""
     from homl16.bert import load_bert
-    from homl16.blip2 import qformer_benchmark_pair, qformer_from_bert
+    from homl16.qformer import qformer_from_bert, to_hf_qformer
 
-    qformer = qformer_from_bert(load_bert(), num_queries=32, num_layers=4, image_dim=112)
-    return qformer_benchmark_pair(qformer, batch_size=BATCH, num_text=16, num_image_tokens=64, device=device)
+    if qformer is None:
+        qformer = qformer_from_bert(load_bert(), num_queries=32, num_layers=4, image_dim=112)
+    generator = torch.Generator().manual_seed(seed)
+    theirs_model = to_hf_qformer(copy.deepcopy(qformer).cpu()).train().to(device)
+    qformer = qformer.to(device).train()
+    ids = torch.randint(1, qformer.vocab_size, (batch_size, num_text), generator=generator).to(device)
+    x = torch.randn(batch_size, num_image_tokens, qformer.image_dim, generator=generator)
+    Q = qformer.num_queries
+
+    def theirs(image):
+        return theirs_model(query_embeds=qformer.embed(len(image), ids[:len(image)]), query_length=Q,
+                            encoder_hidden_states=image).last_hidden_state
+
+    description = (f"Q-Former ({Q} queries + {num_text} text tokens, {num_image_tokens} image tokens, "
+                   f"{qformer.dim} wide, {len(qformer.layers)} layers)")
+    return description, x, lambda image: qformer(image, ids[:len(image)]), theirs
 
 
 def main():

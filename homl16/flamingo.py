@@ -21,16 +21,14 @@ sequence, T = frames per image, F = visual feature tokens per frame, R = latents
 D = LM width, V = the LM's vocabulary size (the special tokens get ids V and V + 1).
 """
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from homl16.checks import check_rank, check_tensor
+from homl16.checks import check_positive, check_rank, check_tensor
 from homl16.runtime import get_device
+from homl16.train import adamw_one_cycle, train
 from homl16.transformer import MLP, MultiHeadAttention
 
 IMAGE_TOKEN, END_OF_CHUNK = "<image>", "<|endofchunk|>"
@@ -369,54 +367,47 @@ def train_flamingo(model, ids, image_index, features, steps, batch_size=64, lr=2
     rows of ``features`` (N, T, F, C) for each ``<image>`` of each episode. Only parameters with
     ``requires_grad`` are optimised (the LM stays frozen); the gates' learning rate is ``lr`` times
     ``gate_lr_scale``. Returns a history dict: step, loss, seconds, gates (steps, num_layers, 2)."""
-    return train_steps(model, lambda X, idx: model(X, features[idx.cpu()].to(X.device)), ids, image_index,
+    return train_steps(model, lambda X, idx: model(X, features[idx].to(X.device)), ids, image_index,
                        steps, batch_size, lr, pad_id, (model.image_id,), device, seed, desc,
                        record_gates=model.gates, gate_lr_scale=gate_lr_scale)
 
 
 def train_steps(model, logits_fn, ids, extra, steps, batch_size, lr, pad_id, ignore_ids, device, seed,
                 desc, record_gates=None, gate_lr_scale=1.0):
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    """Next-token training of ``model`` for ``steps`` batches of rows of ``ids`` (N, L) with
+    ``homl16.train.train``: ``logits_fn(inputs (B, L'))`` (or ``logits_fn(inputs, extra[rows])``) gives
+    logits (B, L', V). AdamW without weight decay, one-cycle schedule, gradients clipped at 1.
+    Returns {"step", "loss" (per step), "seconds" (total)} and "gates" (steps, ...) of ``record_gates()``."""
+    check_positive("steps", steps, integer=True)
     device = device or get_device()
-    model.to(device).train()
+    model.to(device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
+    groups = [{"params": [p for n, p in named if not n.endswith("_gate")], "lr": lr}]
     gates = [p for n, p in named if n.endswith("_gate")]
-    others = [p for n, p in named if not n.endswith("_gate")]
-    groups = [{"params": others, "lr": lr}] + ([{"params": gates, "lr": lr * gate_lr_scale}] if gates else [])
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
-                                                    total_steps=steps, pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed)
-    history = {"step": [], "loss": [], "seconds": 0.0}
-    if record_gates is not None:
-        history["gates"] = []
-    start = time.perf_counter()
-    bar = tqdm(range(1, steps + 1), desc=desc, unit="step", mininterval=1.0)
-    for step in bar:
-        batch = torch.randint(len(ids), (batch_size,), generator=generator)
+    if gates:
+        groups.append({"params": gates, "lr": lr * gate_lr_scale})
+    # one "epoch" of steps * batch_size items: the schedule spans exactly ``steps`` steps
+    optimizer, scheduler = adamw_one_cycle(groups, lr, steps * batch_size, batch_size, 1, weight_decay=0.0)
+    recorded = []
+
+    def batch_loss(batch):
         inputs, targets = next_token_targets(ids[batch], pad_id, ignore_ids)
         length = int((targets != -100).nonzero()[:, 1].max()) + 1  # drop columns that are padding only
         inputs, targets = inputs[:, :length].to(device), targets[:, :length].to(device)
-        args = (inputs,) if extra is None else (inputs, extra[batch])
-        logits = logits_fn(*args)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        history["step"].append(step)
-        history["loss"].append(loss.item())
+        logits = logits_fn(inputs) if extra is None else logits_fn(inputs, extra[batch])
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    def after_step(step):
         if record_gates is not None:
-            history["gates"].append(record_gates().cpu())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.3f}")
-    history["seconds"] = time.perf_counter() - start
+            recorded.append(record_gates().cpu())
+
+    history = train(model, batch_loss, len(ids), optimizer, steps=steps, batch_size=batch_size,
+                    scheduler=scheduler, clip_grad=1.0, after_step=after_step, seed=seed, desc=desc)
+    result = {"step": list(range(1, steps + 1)), "loss": history["step_loss"],
+              "seconds": history["seconds"][-1]}
     if record_gates is not None:
-        history["gates"] = torch.stack(history["gates"])
-    return history
+        result["gates"] = torch.stack(recorded)
+    return result
 
 
 # ---------------------------------------------------------------- few-shot evaluation

@@ -21,14 +21,28 @@ def setup_notebook(seed=42, dpi=72):
     from homl16.checks import check_positive
 
     check_positive("dpi", dpi)
-    set_seed(seed)
+    seed = set_seed(seed)
     plt.rcParams["figure.dpi"] = dpi
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # harmless on a CPU-only machine
+    quiet_libraries()
     device = get_device()
     keep_hub_kernels_off_offline()  # before any cell loads a model with transformers' own from_pretrained
     print(f"homl16 {__import__('homl16').__version__}, torch {torch.__version__}, device: {device}, "
           f"seed: {seed}")
     return device
+
+
+def quiet_libraries():
+    """Keep the libraries' plumbing out of the stored outputs: no per-file loading bars (saved as widgets
+    they show "0%" on GitHub) and no load reports; their errors still show."""
+    from datasets.utils.logging import disable_progress_bar as datasets_quiet
+    from huggingface_hub.utils import disable_progress_bars as hub_quiet
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    datasets_quiet()
+    hub_quiet()
 
 
 def show_source(*objects):

@@ -6,6 +6,7 @@ fallback, and one printed line says which was used.
 """
 
 import functools
+import importlib
 import os
 import socket
 from pathlib import Path
@@ -13,6 +14,20 @@ from pathlib import Path
 from homl16.runtime import cache_dir, write_once
 
 HUB_HOST = "huggingface.co"
+
+# The book's hub ids -> "module:function" that returns the course's offline stand-in (a checkpoint
+# directory, built once): one place that says what each notebook uses when the hub is out of reach.
+STAND_INS = {}
+_announced = set()  # one "Offline: ..." line per checkpoint, not one per model, processor and tokenizer
+
+
+def stand_in(model_id):
+    """The registered offline stand-in builder of ``model_id`` (see ``STAND_INS``)."""
+    if model_id not in STAND_INS:
+        raise ValueError(f"no offline stand-in is registered for {model_id!r}: pass fallback=..., "
+                         f"or use one of {sorted(STAND_INS)}")
+    module, name = STAND_INS[model_id].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,22 +55,25 @@ def keep_hub_kernels_off_offline():
     return online
 
 
-def load_pretrained(model_class, model_id, fallback, **kwargs):
+def load_pretrained(model_class, model_id, fallback=None, **kwargs):
     """``model_class.from_pretrained(model_id, **kwargs)`` with an offline fallback.
 
     Works for models, processors and tokenizers. ``fallback`` is a local directory (loaded with
     the same class and kwargs), or a callable returning either the object or such a directory
     (e.g. ``course_clip_checkpoint``, which builds the course's model on first use: only when
-    the hub cannot be used).
+    the hub cannot be used); by default, the stand-in registered for ``model_id`` in ``STAND_INS``.
+    One line says what was used, once per checkpoint.
     """
     if not model_id or not isinstance(model_id, str):
         raise ValueError(f"model_id must be a hub id like 'google/vit-base-patch16-224', got {model_id!r}")
+    if fallback is None:
+        fallback = stand_in(model_id)
     if not (callable(fallback) or os.path.isdir(str(fallback))):
         raise ValueError(f"fallback must be a callable or an existing directory, got {fallback!r}")
     online = keep_hub_kernels_off_offline()
     try:
         loaded = model_class.from_pretrained(model_id, local_files_only=not online, **kwargs)
-        print(f"Loaded {model_id} ({'from the hub' if online else 'from the local hub cache'}).")
+        announce(model_id, f"Loaded {model_id} ({'from the hub' if online else 'from the local hub cache'}).")
         return loaded
     except OSError:
         if online:
@@ -63,14 +81,21 @@ def load_pretrained(model_class, model_id, fallback, **kwargs):
     if callable(fallback):
         loaded = fallback()
         if not (isinstance(loaded, (str, os.PathLike)) and os.path.isdir(loaded)):
-            print(f"Offline: {model_id} is not available, so using "
-                  f"{getattr(fallback, '__name__', 'fallback')}() instead.")
+            announce(model_id, f"Offline: {model_id} is not available, so using "
+                               f"{getattr(fallback, '__name__', 'fallback')}() instead.")
             return loaded
         fallback = loaded
     # a relative path, so that transformers' load report names no user's home either
     loaded = model_class.from_pretrained(os.path.relpath(fallback), **kwargs)
-    print(f"Offline: {model_id} is not available, so using {short_path(fallback)} instead.")
+    announce(model_id, f"Offline: {model_id} is not available, so using {short_path(fallback)} instead.")
     return loaded
+
+
+def announce(model_id, line):
+    """Print ``line`` unless the same line was printed for ``model_id`` already."""
+    if (model_id, line) not in _announced:
+        _announced.add((model_id, line))
+        print(line)
 
 
 def short_path(path):

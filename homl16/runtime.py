@@ -20,14 +20,26 @@ def get_device():
     return "cpu"
 
 
+def seed_offset():
+    """``$HOML16_SEED_OFFSET`` (default 0): added to every seed of ``set_seed`` and ``train``, so that
+    ``benchmarks/seeds.py`` can re-run a notebook under other seeds without editing it."""
+    value = os.environ.get("HOML16_SEED_OFFSET", "0")
+    if not value.isdigit():
+        raise ValueError(f"HOML16_SEED_OFFSET must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def set_seed(seed=42):
-    """Seed Python, NumPy and PyTorch (every device) so a run can be repeated."""
+    """Seed Python, NumPy and PyTorch (every device) so a run can be repeated; returns the seed used
+    (``seed`` plus ``seed_offset()``)."""
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed += seed_offset()
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS
+    return seed
 
 
 def cache_dir():

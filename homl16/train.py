@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from homl16.checks import check_positive, check_tensor
 from homl16.progress import progress_bar
-from homl16.runtime import get_device
+from homl16.runtime import get_device, seed_offset
 
 
 def accuracy(logits, targets):
@@ -89,7 +89,7 @@ def train(model, batch_loss, num_items, optimizer, epochs=None, steps=None, batc
     every optimiser step: the gradient norm is clipped to ``clip_grad`` (if set) before the step,
     ``scheduler.step()`` runs, then ``after_step(step)`` (e.g. an EMA teacher update or a clamp).
     ``evaluate()`` -> dict of numbers runs after every epoch (or once at the end with ``steps``),
-    with ``model`` in eval mode. Seeding: batches are drawn from ``seed``.
+    with ``model`` in eval mode. Batches are drawn from ``seed`` (plus ``runtime.seed_offset()``).
 
     Returns a history dict: per epoch (``epochs``) the mean of every logged loss, each ``evaluate``
     entry, "epoch" and "seconds"; and per step "step_<name>" for every logged loss.
@@ -103,7 +103,8 @@ def train(model, batch_loss, num_items, optimizer, epochs=None, steps=None, batc
         raise ValueError(f"batch_size={batch_size} exceeds num_items={num_items} with drop_last=True")
     per_epoch = steps_per_epoch(num_items, batch_size, drop_last)
     total_steps = steps or epochs * per_epoch
-    batches = index_batches(num_items, batch_size, torch.Generator().manual_seed(seed), drop_last)
+    generator = torch.Generator().manual_seed(seed + seed_offset())
+    batches = index_batches(num_items, batch_size, generator, drop_last)
     history, sums, start = {}, {}, time.perf_counter()
     model.train()
     with progress_bar(total=total_steps, desc=desc, unit="step") as bar:
@@ -119,7 +120,7 @@ def train(model, batch_loss, num_items, optimizer, epochs=None, steps=None, batc
             if after_step is not None:
                 after_step(step)
             for name, value in losses.items():
-                value = float(value)
+                value = value.detach().item() if isinstance(value, torch.Tensor) else float(value)
                 history.setdefault(f"step_{name}", []).append(value)
                 sums[name] = sums.get(name, 0.0) + value
             bar.update()

@@ -15,6 +15,7 @@ import torch
 
 from homl16 import (
     augment,
+    blip2,
     boxes,
     checks,
     clip,
@@ -26,10 +27,12 @@ from homl16 import (
     detr,
     dino,
     efficientnet,
+    flamingo,
     notebook,
     plot,
     pretrained,
     pvt,
+    qformer,
     runtime,
     search,
     segment,
@@ -130,6 +133,30 @@ HF_VIT = vit.small_hf_vit(image_size=8, patch_size=4, hidden_size=8, depth=2, nu
 HF_DEIT = deit.small_hf_deit(image_size=8, patch_size=4, hidden_size=16, depth=1, num_heads=2,
                              num_labels=2)[0]
 HF_SWIN = swin.small_hf_swin(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4)[0]
+QFORMER = qformer.QFormer(2, dim=8, num_layers=1, num_heads=2, ff_dim=8, image_dim=3, vocab_size=10,
+                          max_positions=8)
+STAGE1 = qformer.Blip2Stage1(QFORMER, torch.arange(1, 5), embed_dim=4)
+CAPTION_TOKENIZER = blip2.caption_lm_tokenizer(["a red circle"])
+RESAMPLER = flamingo.PerceiverResampler(feature_dim=4, dim=8, num_latents=2, depth=1, num_heads=2)
+XATTN = flamingo.GatedCrossAttentionDense(8, 2)
+
+
+def small_flamingo():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=6, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    return flamingo.Flamingo(GPT2LMHeadModel(config), feature_dim=4, num_latents=2, resampler_depth=1,
+                             num_heads=2)
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=8, max_position_embeddings=8))
+
+
+FLAMINGO = small_flamingo()
 
 CASES = [
     # ---------------------------------------------------------------- checks (the shared helpers)
@@ -552,10 +579,50 @@ CASES = [
     case(shapes.ShapesWorld().scenes, 0, match="num_scenes must be at least 1"),
     case(shapes.ShapesWorld().video, RNG, num_frames=1, match="num_frames must be at least 2"),
     case(shapes.shapes_video_dataset, 0, match="num_videos must be at least 1"),
+    # the Q-Former and stage 1
+    case(qformer.qformer_mask, "causal", 2, 2, match="kind must be one of"),
+    case(qformer.qformer_mask, "itc", 0, 2, match="num_queries >= 1"),
+    case(qformer.batch_mask, torch.ones(4, 4, dtype=torch.bool), torch.ones(2),
+         match="text_padding must have shape"),
+    case(QFORMER, torch.randn(2, 3), match="image must have shape"),
+    case(QFORMER, torch.randn(2, 5, 4), match="image tokens must have 3 values"),
+    case(QFORMER, torch.randn(2, 5, 3), torch.ones(3, 4, dtype=torch.long), match="batch sizes differ"),
+    case(qformer.qformer_from_bert, tiny_bert(), num_layers=2, image_dim=3,
+         match="num_layers must be between"),
+    case(qformer.Blip2Stage1, QFORMER, torch.ones(2, 2, dtype=torch.long), match="vocab_ids must have shape"),
+    case(qformer.Blip2Stage1, QFORMER, torch.arange(3), text_pooling="max", match="text_pooling must be"),
+    case(qformer.hard_negatives, torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool),
+         match="at least one different caption"),
+    case(qformer.train_stage1, STAGE1, torch.randn(3, 5, 3), torch.ones(2, 4, dtype=torch.long),
+         torch.ones(2, 4, dtype=torch.bool), torch.ones(2, 4, dtype=torch.long), 1, match="same length"),
+    # BLIP-2
+    case(blip2.caption_lm_tokenizer, [], match="captions is empty"),
+    case(blip2.repeated_caption_ids, CAPTION_TOKENIZER, ["a red circle"], copies=0, match="copies must be"),
+    case(blip2.train_stage2, None, torch.randn(3, 5, 3), torch.ones(2, 4, dtype=torch.long),
+         torch.ones(2, 4, dtype=torch.long), 1, match="same length"),
+    case(blip2.course_blip2_checkpoint, model=object(), match="give both model and processor"),
+    case(blip2.visual_tokens, torch.randn(2, 3, 4), match="maps must have shape"),
+    case(blip2.FrozenCNNVision(), [images()], raises=TypeError, match="pixel_values must be a torch.Tensor"),
+    # Flamingo
+    case(RESAMPLER, torch.randn(1, 5, 4), match="features must have shape"),
+    case(RESAMPLER, torch.randn(1, 1, 1, 5, 3), match="must have 4 channels"),
+    case(RESAMPLER, torch.randn(1, 1, 2, 5, 4), match="at most max_frames=1"),
+    case(flamingo.media_positions, torch.ones(3, dtype=torch.long), 5, match="ids must have shape"),
+    case(flamingo.media_attention_mask, torch.tensor([[5, 5, 1]]), 5, 1, 2, match="only 1 images"),
+    case(XATTN, torch.randn(1, 3, 8), torch.randn(1, 2, 8), torch.ones(1, 1, 3, 3, dtype=torch.bool),
+         match="mask must end in"),
+    case(FLAMINGO, torch.tensor([[0, 9]]), match="ids must be in"),
+    case(FLAMINGO, torch.tensor([[0, 6]]), torch.randn(2, 1, 1, 5, 4), match="batch sizes differ"),
+    case(flamingo.answer, SHAPE, "count", match="answer_format must be one of"),
+    case(flamingo.sample_episodes, [SHAPE], 0, 1, match="num_episodes >= 1"),
+    case(flamingo.prompt_texts, {"images": torch.zeros(1, 2, dtype=torch.long), "texts": [["a", "b"]]}, 2,
+         match="shots must be between"),
+    case(flamingo.train_language_model, None, torch.ones(2, 3, dtype=torch.long), 0, match="steps must be"),
 ]
 
 MODULES = [
     "augment",
+    "blip2",
     "boxes",
     "checks",
     "clip",
@@ -566,10 +633,12 @@ MODULES = [
     "detr",
     "dino",
     "efficientnet",
+    "flamingo",
     "notebook",
     "plot",
     "pretrained",
     "pvt",
+    "qformer",
     "runtime",
     "search",
     "segment",

@@ -18,6 +18,20 @@ def test_compared_blocks_compute_outputs_of_the_same_shape(pair):
         assert ours(x[:2]).shape == theirs(x[:2]).shape, name
 
 
+def test_qformer_pair_runs_the_same_computation_both_ways_and_theirs_trains():
+    from homl16.qformer import QFormer
+
+    torch.manual_seed(0)
+    qformer = QFormer(3, dim=32, num_layers=2, num_heads=4, ff_dim=64, image_dim=6, vocab_size=50,
+                      max_positions=20)
+    description, x, ours, theirs = blocks.qformer_pair("cpu", qformer, batch_size=2, num_text=4,
+                                                       num_image_tokens=5)
+    assert "3 queries + 4 text tokens" in description
+    out = theirs(x)
+    torch.testing.assert_close(ours(x), out, atol=1e-5, rtol=1e-5)
+    assert out.requires_grad  # their copy trains too: the benchmark times forward + backward
+
+
 def test_gpu_benchmark_compares_vits_of_the_same_size():
     import gpu_vit_throughput
 

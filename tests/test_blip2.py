@@ -4,32 +4,45 @@ import torch.nn.functional as F
 
 from homl16.blip2 import (
     Blip2Captioner,
-    Blip2Stage1,
-    QFormer,
     attach_frozen_cnn,
-    batch_mask,
     caption_lm_tokenizer,
     fold_standardisation,
     freeze,
-    hard_negatives,
-    itc_similarity,
     lm_caption_ids,
-    parameter_snapshot,
-    qformer_from_bert,
-    qformer_mask,
-    query_similarity,
     repeated_caption_ids,
     small_opt,
     to_hf_blip2,
-    to_hf_qformer,
-    train_stage1,
     train_stage2,
-    unchanged,
     visual_tokens,
 )
+from homl16.qformer import (
+    Blip2Stage1,
+    QFormer,
+    batch_mask,
+    hard_negatives,
+    hf_qformer_config,
+    hf_qformer_pairs,
+    itc_similarity,
+    qformer_from_bert,
+    qformer_mask,
+    query_similarity,
+    to_hf_qformer,
+    train_stage1,
+)
+from homl16.weights import copy_weights
 
 CAPTIONS = ["a small red circle left of a large blue square", "a large green diamond",
             "a small yellow triangle above a small red circle", "a large blue square"]
+
+
+def parameter_snapshot(module):
+    """{name: detached copy} of every parameter, to check later that frozen ones did not change."""
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def unchanged(module, snapshot):
+    """True when every parameter of ``module`` equals its copy in ``snapshot``."""
+    return all(torch.equal(p.detach().cpu(), snapshot[name].cpu()) for name, p in module.named_parameters())
 
 
 def small_qformer(num_queries=3, num_layers=2, image_dim=6, seed=0):
@@ -212,27 +225,26 @@ def test_transformers_blip2_generates_the_same_tokens_as_the_course_model(tmp_pa
         tokenizer.decode(row, skip_special_tokens=True) for row in ours]
 
 
-def test_hf_qformer_like_is_transformers_sdpa_qformer_with_the_same_weights_and_trains():
-    from homl16.blip2 import hf_qformer_like
+def test_qformer_keeps_its_configuration_and_the_transformers_config_reads_it():
+    qformer = small_qformer(num_layers=3, image_dim=7)
+    config = hf_qformer_config(qformer)
+    names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+             "max_position_embeddings", "encoder_hidden_size")
+    sizes = tuple(getattr(config, name) for name in names)
+    assert sizes == (32, 3, 4, 64, 50, 20, 7)
+
+
+def test_conversion_refuses_mismatched_sizes_and_leaves_both_sides_alone():
+    from transformers import Blip2QFormerModel
 
     qformer = small_qformer()
-    hf = hf_qformer_like(qformer)
-    assert hf.config._attn_implementation == "sdpa" and hf.training
-    image, ids = torch.randn(2, 5, 6), torch.randint(1, 50, (2, 4))
-    theirs = hf(query_embeds=qformer.embed(2, ids), query_length=3, encoder_hidden_states=image)
-    theirs = theirs.last_hidden_state
-    theirs.sum().backward()
-    assert hf.encoder.layer[0].crossattention.attention.key.weight.grad is not None
-    torch.testing.assert_close(theirs, qformer(image, ids, qformer_mask("itm", 3, 4)), atol=1e-5, rtol=1e-5)
-
-
-def test_benchmark_pair_runs_the_same_computation_both_ways():
-    from homl16.blip2 import qformer_benchmark_pair
-
-    description, x, ours, theirs = qformer_benchmark_pair(small_qformer(), batch_size=2, num_text=4,
-                                                          num_image_tokens=5)
-    assert "3 queries + 4 text tokens" in description
-    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+    config = hf_qformer_config(qformer)
+    config.intermediate_size = 48
+    hf = Blip2QFormerModel(config)
+    before = parameter_snapshot(hf)
+    with pytest.raises(ValueError, match="sizes differ"):
+        copy_weights(hf_qformer_pairs(qformer, hf), to="transformers")
+    assert unchanged(hf, before)
 
 
 def test_course_blip2_checkpoint_needs_both_model_and_processor():

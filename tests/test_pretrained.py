@@ -36,7 +36,7 @@ def test_offline_fallback_is_instant_and_says_what_it_used(capsys, tmp_path, mon
     processor = load_pretrained(AutoImageProcessor, "google/vit-base-patch16-224-in21k", local)
     assert time.perf_counter() - start < 5
     out = capsys.readouterr().out
-    assert out.count("Offline: google/vit-base-patch16-224-in21k is not available") == 2
+    assert out.count("Offline: google/vit-base-patch16-224-in21k is not available") == 1  # once
     assert "small-vit instead" in out and "using /" not in out  # a relative path is printed
     assert model.config.num_labels == 7 and model.config.image_size == 32
     assert processor.size == {"height": 32, "width": 32}
@@ -71,3 +71,19 @@ def test_bad_arguments_are_rejected():
         load_pretrained(ViTForImageClassification, "a/b", "/no/such/directory")
     with pytest.raises(ValueError, match="fallback"):
         load_hub_dataset("a/b", fallback="not callable")
+
+
+def test_a_registered_stand_in_is_the_default_fallback(capsys, tmp_path, monkeypatch):
+    from homl16 import pretrained
+
+    monkeypatch.setenv("HOML16_CACHE", str(tmp_path))
+    monkeypatch.setitem(pretrained.STAND_INS, "someone/tiny-vit", "tests.test_pretrained:tiny_vit_checkpoint")
+    model = load_pretrained(ViTForImageClassification, "someone/tiny-vit", num_labels=3)
+    assert model.config.num_labels == 3
+    assert "Offline: someone/tiny-vit is not available" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no offline stand-in is registered for 'nobody/model'"):
+        load_pretrained(ViTForImageClassification, "nobody/model")
+
+
+def tiny_vit_checkpoint():
+    return local_checkpoint("tiny-vit", lambda: small_hf_vit(image_size=32, patch_size=8))

@@ -149,7 +149,6 @@ def test_caption_images_runs_the_books_three_lines_on_photos_of_any_size(tmp_pat
         attach_frozen_cnn,
         caption_lm_tokenizer,
         freeze,
-        frozen_cnn_captions,
         small_opt,
         to_hf_blip2,
     )
@@ -169,4 +168,7 @@ def test_caption_images_runs_the_books_three_lines_on_photos_of_any_size(tmp_pat
     captions = search.caption_images(model, processor, photos, device="cpu")
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
     resized = [photo.convert("RGB").resize((64, 64)) for photo in photos]
-    assert captions == [c.strip() for c in frozen_cnn_captions(model, processor, resized)]
+    # the book's three lines
+    inputs = processor(images=resized, text=[""] * len(resized), return_tensors="pt")
+    expected = processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)
+    assert captions == [c.strip() for c in expected]

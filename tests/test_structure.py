@@ -26,6 +26,7 @@ ALLOWED = {
     ("dalle", "clip"),  # DALL·E reranks its samples with CLIP
     ("search", "clip"),  # the photo search embeds with CLIP
     ("flamingo", "perceiver"),  # the Perceiver Resampler
+    ("blip2", "qformer"),  # BLIP-2's stage 2 connects the Q-Former to a frozen LM
 }
 
 
