@@ -76,15 +76,18 @@ def device_recipe():
 
 def finetune_arguments(output_dir, pretrained, epochs, batch_size=16, **overrides):
     """The book's ``TrainingArguments`` plus ``device_recipe()``. A pretrained model is fine-tuned gently
-    (lr 5e-5); the offline stand-in starts from random weights and needs a larger learning rate (5e-4)."""
+    (lr 5e-5); the offline stand-in starts from random weights and needs a larger learning rate (5e-4).
+    The Trainer's seed is 42 plus ``runtime.seed_offset()`` (``benchmarks/seeds.py`` shifts it)."""
     from transformers import TrainingArguments
+
+    from homl16.runtime import seed_offset
 
     if epochs <= 0 or batch_size <= 0:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     options = dict(per_device_train_batch_size=batch_size, per_device_eval_batch_size=2 * batch_size,
                    eval_strategy="epoch", num_train_epochs=epochs, learning_rate=5e-5 if pretrained else 5e-4,
                    warmup_steps=50, save_strategy="no", logging_strategy="epoch",
-                   remove_unused_columns=False, report_to="none", seed=42, **device_recipe())
+                   remove_unused_columns=False, report_to="none", seed=42 + seed_offset(), **device_recipe())
     return TrainingArguments(output_dir, **{**options, **overrides})
 
 
