@@ -87,7 +87,9 @@ def finetune_arguments(output_dir, pretrained, epochs, batch_size=16, **override
     options = dict(per_device_train_batch_size=batch_size, per_device_eval_batch_size=2 * batch_size,
                    eval_strategy="epoch", num_train_epochs=epochs, learning_rate=5e-5 if pretrained else 5e-4,
                    warmup_steps=50, save_strategy="no", logging_strategy="epoch",
-                   remove_unused_columns=False, report_to="none", seed=42 + seed_offset(), **device_recipe())
+                   remove_unused_columns=False, report_to="none", seed=42 + seed_offset(),
+                   disable_tqdm=False,  # its default follows the logging level, which notebooks turn down
+                   **device_recipe())
     return TrainingArguments(output_dir, **{**options, **overrides})
 
 
