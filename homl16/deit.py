@@ -6,15 +6,18 @@ distillation token learns to reproduce a teacher's predictions (a CNN, whose ind
 student picks up that way). At inference the two heads' logits are averaged (or one is used).
 
 The course's ``DeiT`` computes exactly what transformers' ``DeiTForImageClassificationWithTeacher``
-does (``copy_deit_weights_from_hf`` / ``to_hf_deit`` move weights between the two).
+does (``copy_deit_weights_from_hf`` / ``to_hf_deit`` move weights between the two, through
+``homl16.weights.copy_weights``).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_paired_shapes, check_rank
-from homl16.vit import ViT, copy_weights_from_hf, copy_weights_to_hf, hf_vit_config
+from homl16.checks import check_rank
+from homl16.vit import ViT, hf_config_sizes
+from homl16.vit import paired_parameters as vit_paired_parameters
+from homl16.weights import copy_weights, linear_pairs
 
 INFERENCE_HEADS = ("average", "class", "distillation")
 
@@ -153,39 +156,26 @@ class Distiller(nn.Module):
                                               logits.teacher_logits, **self.loss_kwargs)
 
 
-def distillation_pairs(deit, hf_model):
-    """(course, transformers) tensor pairs for what DeiT adds to a ViT, with a transformers
-    ``DeiTForImageClassificationWithTeacher``: the distillation token and the two heads."""
-    pairs = [(deit.dist_token, hf_model.deit.embeddings.distillation_token)]
-    heads = ((deit.head, hf_model.cls_classifier), (deit.head_dist, hf_model.distillation_classifier))
-    for ours, theirs in heads:
-        pairs += [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]
-    check_paired_shapes(pairs, "DeiT")
-    return pairs
+def paired_parameters(deit, hf_model):
+    """(course, transformers) tensor pairs of ``deit`` and a transformers
+    ``DeiTForImageClassificationWithTeacher``: the ViT's pairs (``homl16.vit.paired_parameters``)
+    plus what DeiT adds, the distillation token and the two heads."""
+    return [*vit_paired_parameters(deit, hf_model.deit),
+            (deit.dist_token, hf_model.deit.embeddings.distillation_token),
+            *linear_pairs(deit.head, hf_model.cls_classifier),
+            *linear_pairs(deit.head_dist, hf_model.distillation_classifier)]
 
 
-@torch.no_grad()
 def copy_deit_weights_from_hf(deit, hf_model):
     """Copy a ``DeiTForImageClassificationWithTeacher``'s weights into the course's ``deit``.
 
     The two then compute the same function: ``deit.eval()(X)`` equals ``hf_model(X).logits`` (the
     average of the heads) and ``deit.forward_heads(X)`` its ``cls_logits`` and ``distillation_logits``.
-    Returns ``deit``.
+    The LayerNorm eps is taken from the config. Returns ``deit``.
     """
-    copy_weights_from_hf(deit, hf_model.deit)  # the ViT part (and the LayerNorm eps)
-    for ours, theirs in distillation_pairs(deit, hf_model):
-        ours.copy_(theirs)
+    copy_weights(paired_parameters(deit, hf_model), to="course", model_name="DeiT")
+    deit.set_layer_norm_eps(hf_model.config.layer_norm_eps)
     return deit
-
-
-@torch.no_grad()
-def copy_deit_weights_to_hf(deit, hf_model):
-    """The reverse of ``copy_deit_weights_from_hf``; ``hf_model`` must have the sizes of
-    ``hf_deit_config(deit)``. Returns ``hf_model``."""
-    copy_weights_to_hf(deit, hf_model.deit)
-    for ours, theirs in distillation_pairs(deit, hf_model):
-        theirs.copy_(ours)
-    return hf_model
 
 
 def hf_deit_config(deit, **kwargs):
@@ -193,20 +183,17 @@ def hf_deit_config(deit, **kwargs):
     (e.g. ``id2label``) are passed on."""
     from transformers import DeiTConfig
 
-    vit_config = hf_vit_config(deit)
-    keys = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
-            "num_attention_heads", "intermediate_size", "layer_norm_eps", "hidden_dropout_prob",
-            "attention_probs_dropout_prob")
-    kwargs.setdefault("num_labels", deit.head.out_features)
-    return DeiTConfig(**{key: getattr(vit_config, key) for key in keys}, **kwargs)
+    kwargs.setdefault("num_labels", deit.num_classes)
+    return DeiTConfig(**hf_config_sizes(deit), **kwargs)
 
 
 def to_hf_deit(deit, **config_kwargs):
     """A transformers ``DeiTForImageClassificationWithTeacher`` (eval mode) computing what ``deit`` does."""
     from transformers import DeiTForImageClassificationWithTeacher
 
-    hf_model = DeiTForImageClassificationWithTeacher(hf_deit_config(deit, **config_kwargs))
-    return copy_deit_weights_to_hf(deit, hf_model).eval()
+    hf_model = DeiTForImageClassificationWithTeacher(hf_deit_config(deit, **config_kwargs)).eval()
+    copy_weights(paired_parameters(deit, hf_model), to="transformers", model_name="DeiT")
+    return hf_model
 
 
 def small_hf_deit(image_size=32, patch_size=4, hidden_size=64, depth=4, num_heads=4, num_labels=10, seed=0):

@@ -54,8 +54,9 @@ def load_classifier(name, label_names, seed=42):
     model_id, class_name, _ = CLASSIFIERS[name]
     offline = offline_classifier_checkpoint(name)
     set_seed(seed)  # after the offline checkpoint, whose first build seeds on its own
+    # id2label sets num_labels too (giving both warns when the checkpoint's own map has another length)
     model = load_pretrained(getattr(transformers, class_name), model_id, offline,
-                            num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                            id2label=dict(enumerate(label_names)),
                             label2id={label: i for i, label in enumerate(label_names)})
     processor = load_pretrained(AutoImageProcessor, model_id, offline)
     return model, processor, model.name_or_path == model_id
@@ -75,15 +76,20 @@ def device_recipe():
 
 def finetune_arguments(output_dir, pretrained, epochs, batch_size=16, **overrides):
     """The book's ``TrainingArguments`` plus ``device_recipe()``. A pretrained model is fine-tuned gently
-    (lr 5e-5); the offline stand-in starts from random weights and needs a larger learning rate (5e-4)."""
+    (lr 5e-5); the offline stand-in starts from random weights and needs a larger learning rate (5e-4).
+    The Trainer's seed is 42 plus ``runtime.seed_offset()`` (``benchmarks/seeds.py`` shifts it)."""
     from transformers import TrainingArguments
+
+    from homl16.runtime import seed_offset
 
     if epochs <= 0 or batch_size <= 0:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     options = dict(per_device_train_batch_size=batch_size, per_device_eval_batch_size=2 * batch_size,
                    eval_strategy="epoch", num_train_epochs=epochs, learning_rate=5e-5 if pretrained else 5e-4,
                    warmup_steps=50, save_strategy="no", logging_strategy="epoch",
-                   remove_unused_columns=False, report_to="none", seed=42, **device_recipe())
+                   remove_unused_columns=False, report_to="none", seed=42 + seed_offset(),
+                   disable_tqdm=False,  # its default follows the logging level, which notebooks turn down
+                   **device_recipe())
     return TrainingArguments(output_dir, **{**options, **overrides})
 
 

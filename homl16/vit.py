@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_images, check_paired_shapes, check_positive
+from homl16.checks import check_divisible, check_images, check_positive
 from homl16.transformer import EncoderBlock
+from homl16.weights import copy_weights, linear_pairs
 
 
 class PatchEmbedding(nn.Module):
@@ -21,19 +22,16 @@ class PatchEmbedding(nn.Module):
 
     (B, in_channels, H, W) -> (B, N, embed_dim) with N = (H / patch_size) * (W / patch_size).
     A conv with kernel = stride = patch_size is exactly "flatten each patch, then Linear".
+    A building block: the model that holds it (``ViT``, ``Swin``) checks the images.
     """
 
     def __init__(self, in_channels, embed_dim, patch_size=16):
         super().__init__()
         check_positive("patch_size", patch_size, integer=True)
-        self.in_channels = in_channels
         self.patch_size = patch_size
         self.conv2d = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, X):
-        check_images("X", X, self.in_channels)
-        check_divisible("image height", X.shape[2], self.patch_size, "patch_size")
-        check_divisible("image width", X.shape[3], self.patch_size, "patch_size")
         X = self.conv2d(X)  # (B, embed_dim, H / P, W / P)
         return X.flatten(2).transpose(1, 2)  # (B, N, embed_dim)
 
@@ -54,29 +52,33 @@ class ViT(nn.Module):
                  embed_dim=768, depth=12, num_heads=12, ff_dim=3072, dropout=0.1, pre_norm=False):
         super().__init__()
         check_divisible("img_size", img_size, patch_size, "patch_size")
-        self.img_size = img_size
-        self.in_channels = in_channels
+        # The sizes, kept for the conversions to transformers (hf_vit_config)
+        self.img_size, self.patch_size, self.in_channels = img_size, patch_size, in_channels
+        self.num_classes, self.embed_dim, self.depth = num_classes, embed_dim, depth
+        self.num_heads, self.ff_dim, self.layer_norm_eps = num_heads, ff_dim, 1e-6
         self.patch_embed = PatchEmbedding(in_channels, embed_dim, patch_size)
         num_patches = (img_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, embed_dim) * 0.02)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(depth))
+            EncoderBlock(embed_dim, num_heads, ff_dim, dropout, self.layer_norm_eps) for _ in range(depth))
         self.pre_norm = nn.LayerNorm(embed_dim, eps=1e-6) if pre_norm else nn.Identity()  # CLIP's has one
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim, eps=self.layer_norm_eps)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, X, return_attention=False, interpolate_pos_encoding=False):
         if interpolate_pos_encoding:  # any size divisible by the patch size (e.g. DINO's small crops)
             check_images("X", X, self.in_channels)
+            check_divisible("image height", X.shape[2], self.patch_size, "patch_size")
+            check_divisible("image width", X.shape[3], self.patch_size, "patch_size")
         else:
             check_images("X", X, self.in_channels, self.img_size, self.img_size)
         Z = self.patch_embed(X)  # (B, N, D)
         pos_embed = self.pos_embed
         if interpolate_pos_encoding:
-            patch_size = self.patch_embed.patch_size
-            pos_embed = self.interpolate_pos_encoding(X.shape[2] // patch_size, X.shape[3] // patch_size)
+            rows, cols = X.shape[2] // self.patch_size, X.shape[3] // self.patch_size
+            pos_embed = self.interpolate_pos_encoding(rows, cols)
         Z = torch.cat([self.prefix_tokens(len(Z)), Z], dim=1)  # (B, 1 + N, D)
         Z = self.pre_norm(self.dropout(Z + pos_embed))
         maps = []
@@ -107,6 +109,12 @@ class ViT(nn.Module):
         patch_pos = F.interpolate(patch_pos, size=(rows, cols), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
+    def set_layer_norm_eps(self, eps):
+        """Use ``eps`` in the encoder's LayerNorms (transformers' checkpoints say which one they use)."""
+        self.layer_norm_eps = eps
+        for norm in [self.norm, *(m for block in self.blocks for m in (block.norm1, block.norm2))]:
+            norm.eps = eps
+
     def forward(self, X, return_attention=False, interpolate_pos_encoding=False):
         Z = self.forward_features(X, return_attention, interpolate_pos_encoding)
         if return_attention:
@@ -119,31 +127,27 @@ def paired_parameters(vit, hf_model):
     """(course tensor, transformers tensor) pairs holding the same weights, in ``vit`` and a
     transformers ``ViTModel`` or ``ViTForImageClassification`` (whose classifier pairs with the head).
 
-    The course's fused key/value projection pairs, in halves, with transformers' separate ones.
+    The course's fused key/value projection pairs with transformers' separate ones, joined.
     """
     hf = getattr(hf_model, "vit", hf_model)
-    if len(hf.layers) != len(vit.blocks):
-        raise ValueError(f"depth differs: {len(hf.layers)} hf layers vs {len(vit.blocks)} blocks")
-    modules = [(vit.patch_embed.conv2d, hf.embeddings.patch_embeddings.projection), (vit.norm, hf.layernorm)]
-    pairs = [(vit.cls_token, hf.embeddings.cls_token), (vit.pos_embed, hf.embeddings.position_embeddings)]
+    if len(hf.layers) != vit.depth:
+        raise ValueError(f"depth differs: {len(hf.layers)} hf layers vs {vit.depth} blocks")
+    pairs = [(vit.cls_token, hf.embeddings.cls_token), (vit.pos_embed, hf.embeddings.position_embeddings),
+             *linear_pairs(vit.patch_embed.conv2d, hf.embeddings.patch_embeddings.projection),
+             *linear_pairs(vit.norm, hf.layernorm)]
     for block, layer in zip(vit.blocks, hf.layers):
         attention = layer.attention
-        modules += [(block.attn.q, attention.q_proj), (block.attn.proj, attention.o_proj),
-                    (block.norm1, layer.layernorm_before), (block.norm2, layer.layernorm_after),
-                    (block.mlp.fc1, layer.mlp.fc1), (block.mlp.fc2, layer.mlp.fc2)]
-        for ours, key, value in zip((block.attn.kv.weight, block.attn.kv.bias),
-                                    (attention.k_proj.weight, attention.k_proj.bias),
-                                    (attention.v_proj.weight, attention.v_proj.bias)):
-            pairs += [(ours[:len(key)], key), (ours[len(key):], value)]
-    if hasattr(hf_model, "classifier") and isinstance(vit.head, nn.Linear):
-        modules.append((vit.head, hf_model.classifier))
-    for ours, theirs in modules:
-        pairs += [(ours.weight, theirs.weight), (ours.bias, theirs.bias)]
-    check_paired_shapes(pairs, "ViT")
+        for ours, theirs in ((block.attn.q, attention.q_proj),
+                             (block.attn.kv, [attention.k_proj, attention.v_proj]),  # fused vs separate
+                             (block.attn.proj, attention.o_proj), (block.norm1, layer.layernorm_before),
+                             (block.norm2, layer.layernorm_after), (block.mlp.fc1, layer.mlp.fc1),
+                             (block.mlp.fc2, layer.mlp.fc2)):
+            pairs += linear_pairs(ours, theirs)
+    if hasattr(hf_model, "classifier") and vit.num_classes:
+        pairs += linear_pairs(vit.head, hf_model.classifier)
     return pairs
 
 
-@torch.no_grad()
 def copy_weights_from_hf(vit, hf_model):
     """Copy a transformers ``ViTModel``'s (or ``ViTForImageClassification``'s) weights into ``vit``.
 
@@ -151,43 +155,34 @@ def copy_weights_from_hf(vit, hf_model):
     ``hf_model(X).last_hidden_state`` (and ``vit(X)`` the classifier's logits). The
     LayerNorm eps is taken from the config. Returns ``vit``.
     """
-    for ours, theirs in paired_parameters(vit, hf_model):
-        ours.copy_(theirs)
-    for norm in [vit.norm, *(m for b in vit.blocks for m in (b.norm1, b.norm2))]:
-        norm.eps = hf_model.config.layer_norm_eps
+    copy_weights(paired_parameters(vit, hf_model), to="course", model_name="ViT")
+    vit.set_layer_norm_eps(hf_model.config.layer_norm_eps)
     return vit
 
 
-@torch.no_grad()
-def copy_weights_to_hf(vit, hf_model):
-    """The reverse of ``copy_weights_from_hf``: copy ``vit``'s weights into a transformers ``ViTModel``.
-
-    ``hf_model`` must have the same sizes (``hf_vit_config(vit)`` gives them). The two then
-    compute the same function: ``hf_model(X).last_hidden_state`` equals ``vit.forward_features(X)``.
-    Returns ``hf_model``.
-    """
-    for ours, theirs in paired_parameters(vit, hf_model):
-        theirs.copy_(ours)
-    return hf_model
+def hf_config_sizes(vit):
+    """The sizes of the course's ``vit`` (or ``DeiT``) as transformers' ``ViTConfig``/``DeiTConfig``
+    arguments, dropout off: a dict."""
+    return dict(image_size=vit.img_size, patch_size=vit.patch_size, num_channels=vit.in_channels,
+                hidden_size=vit.embed_dim, num_hidden_layers=vit.depth, num_attention_heads=vit.num_heads,
+                intermediate_size=vit.ff_dim, layer_norm_eps=vit.layer_norm_eps,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def hf_vit_config(vit):
     """A transformers ``ViTConfig`` with the sizes of the course's ``vit`` (no dropout)."""
     from transformers import ViTConfig
 
-    block = vit.blocks[0]
-    return ViTConfig(image_size=vit.img_size, patch_size=vit.patch_embed.patch_size,
-                     num_channels=vit.in_channels, hidden_size=vit.cls_token.shape[-1],
-                     num_hidden_layers=len(vit.blocks), num_attention_heads=block.attn.num_heads,
-                     intermediate_size=block.mlp.fc1.out_features, layer_norm_eps=vit.norm.eps,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return ViTConfig(**hf_config_sizes(vit))
 
 
 def to_hf_vit(vit):
-    """A transformers ``ViTModel`` (no pooler) that computes what ``vit.forward_features`` does."""
+    """A transformers ``ViTModel`` (no pooler, eval mode) that computes what ``vit.forward_features`` does."""
     from transformers import ViTModel
 
-    return copy_weights_to_hf(vit, ViTModel(hf_vit_config(vit), add_pooling_layer=False).eval())
+    hf_model = ViTModel(hf_vit_config(vit), add_pooling_layer=False).eval()
+    copy_weights(paired_parameters(vit, hf_model), to="transformers", model_name="ViT")
+    return hf_model
 
 
 def small_hf_vit(image_size=64, patch_size=8, hidden_size=64, depth=4, num_heads=4, seed=0):

@@ -133,6 +133,9 @@ RNG = np.random.default_rng(0)
 SHAPE = shapes.ShapeObject("circle", "red", "small", (10, 10), 4)
 PERCEIVER = perceiver.PerceiverClassifier(8, in_channels=1, num_latents=4, latent_dim=8, num_blocks=1,
                                           self_attends_per_block=1, num_self_attention_heads=2)
+HF_VIT = vit.small_hf_vit(image_size=8, patch_size=4, hidden_size=8, depth=2, num_heads=2)[0]
+HF_DEIT = deit.small_hf_deit(image_size=8, patch_size=4, hidden_size=16, depth=1, num_heads=2,
+                             num_labels=2)[0]
 HF_SWIN = swin.small_hf_swin(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4)[0]
 QFORMER = qformer.QFormer(2, dim=8, num_layers=1, num_heads=2, ff_dim=8, image_dim=3, vocab_size=10,
                           max_positions=8)
@@ -262,7 +265,8 @@ CASES = [
     case(SMALL_VIT, images(size=16), match="X must be 8x8 images"),
     case(SMALL_VIT.forward_features, images(size=10), interpolate_pos_encoding=True,
          match="image height=10 must be divisible by patch_size=4"),
-    case(SMALL_VIT.patch_embed, images(channels=1), match="X must have 3 channels"),
+    case(SMALL_VIT, images(channels=1), match="X must have 3 channels"),
+    case(vit.copy_weights_from_hf, SMALL_VIT, HF_VIT, match="depth differs: 2 hf layers vs 1 blocks"),
     # ---------------------------------------------------------------- deit
     case(deit.DeiT, img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2, ff_dim=8,
          inference_head="both", match="inference_head must be one of"),
@@ -274,6 +278,7 @@ CASES = [
     case(deit.soft_distillation_loss, torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long),
          torch.zeros(2, 3), alpha=2, match="alpha"),
     case(deit.Distiller, SMALL_DEIT, SMALL_CNN, loss="medium", match="loss must be one of"),
+    case(deit.copy_deit_weights_from_hf, SMALL_DEIT, HF_DEIT, match="the sizes differ"),
     # ---------------------------------------------------------------- transformer
     case(transformer.MultiHeadAttention, 10, 3, match="embed_dim=10 must be divisible by num_heads=3"),
     case(transformer.MultiHeadAttention, 8, 0, match="num_heads must be positive"),
@@ -665,6 +670,9 @@ CASES = [
     case(convert.to_tensors, [], match="dataset is empty"),
     case(convert.cached_dataset, "../x", lambda: None, match="name must be a plain name"),
     case(convert.cached_dataset, "x", list, raises=TypeError, match="build must be a Python function"),
+    case(digits.mnist_tensors, size=32, match="size must be at most 28"),
+    case(digits.mnist_tensors, channels=2, match="channels must be 1"),
+    case(digits.mnist_tensors, train_size=5000, match="train_size must be at most 4000"),
     case(digits.split_digits, np.zeros((4, 8, 8), np.uint8), [0, 1], 1,
          match="inconsistent numbers of samples"),
     case(pets.shapes_pets_stand_in, train_size=0, match="num_scenes must be at least 1"),

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from homl16.data import (
@@ -13,6 +14,7 @@ from homl16.data import (
     load_mnist,
     load_pets,
     load_photo,
+    mnist_tensors,
     photos_dataset,
     to_pil_rgb,
     to_tensors,
@@ -35,6 +37,22 @@ def test_mnist_is_4000_train_1000_test_real_digits_balanced():
     X, y = to_tensors(mnist["test"], mode="L")
     assert X.shape == (1000, 1, 28, 28) and 0 <= X.min() and X.max() == 1
     assert 0.08 < X.mean() < 0.2  # real digits: mostly black background, white strokes
+
+
+def test_mnist_tensors_standardise_with_the_training_statistics_and_draw_a_fixed_subset():
+    X_train, y_train, X_test, y_test = mnist_tensors()
+    assert X_train.shape == (4000, 1, 28, 28) and X_test.shape == (1000, 1, 28, 28)
+    assert y_train.dtype == y_test.dtype == torch.long and len(y_train) == 4000
+    assert abs(X_train.mean()) < 1e-5 and abs(X_train.std() - 1) < 1e-5
+    raw_test = to_tensors(load_mnist()["test"], mode="L")[0]
+    scale = (X_train.max() - X_train.min())  # 1 / std: full ink minus blank
+    torch.testing.assert_close(X_test, X_train.min() + raw_test * scale)  # the same affine map
+    X_small, y_small, X_test_small, _ = mnist_tensors(train_size=100, size=14, channels=3, standardise=False)
+    assert X_small.shape == (100, 3, 14, 14) and X_test_small.shape == (1000, 3, 14, 14)
+    assert 0 <= X_small.min() and X_small.max() <= 1 and torch.equal(X_small[:, 0], X_small[:, 2])
+    torch.testing.assert_close(X_test_small[:, :1], F.avg_pool2d(raw_test, 2))  # area averaging
+    assert torch.equal(y_small, mnist_tensors(train_size=100, standardise=False)[1])  # fixed by the seed
+    assert not torch.equal(y_small, mnist_tensors(train_size=100, seed=1)[1])
 
 
 def test_sklearn_digits_split():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
-from homl16.vit import PatchEmbedding, ViT, copy_weights_from_hf
+from homl16.vit import PatchEmbedding, ViT, copy_weights_from_hf, hf_vit_config, to_hf_vit
 
 
 def test_patch_embedding_gives_the_chapters_196_patches_of_768_values():
@@ -80,8 +80,9 @@ def test_vit_rejects_bad_images_with_a_clear_message(X, message):
 def test_sizes_not_divisible_by_the_patch_size_are_rejected():
     with pytest.raises(ValueError, match="divisible by patch_size"):
         ViT(img_size=30, patch_size=16)
-    with pytest.raises(ValueError, match="divisible by patch_size"):
-        PatchEmbedding(3, 8, patch_size=16)(torch.randn(1, 3, 30, 32))
+    vit = ViT(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, ff_dim=32)
+    with pytest.raises(ValueError, match="image height=30 must be divisible by patch_size"):
+        vit(torch.randn(1, 3, 30, 32), interpolate_pos_encoding=True)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         ViT(img_size=32, patch_size=8, embed_dim=30, num_heads=4)
 
@@ -103,3 +104,21 @@ def test_vit_matches_transformers_classifier_logits_with_copied_weights():
     X = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(vit(X), hf(pixel_values=X).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_to_hf_vit_reads_the_sizes_the_vit_keeps_and_computes_what_it_computes():
+    torch.manual_seed(2)
+    vit = ViT(img_size=16, patch_size=4, in_channels=1, num_classes=0, embed_dim=32, depth=2, num_heads=4,
+              ff_dim=48, dropout=0.0).eval()
+    config = hf_vit_config(vit)
+    assert (config.image_size, config.patch_size, config.num_channels, config.hidden_size) == (16, 4, 1, 32)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (2, 4, 48)
+    hf = to_hf_vit(vit)
+    X = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=X).last_hidden_state, vit.forward_features(X),
+                                   rtol=1e-5, atol=1e-5)
+    back = copy_weights_from_hf(ViT(img_size=16, patch_size=4, in_channels=1, num_classes=0, embed_dim=32,
+                                    depth=2, num_heads=4, ff_dim=48, dropout=0.0), hf).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back.forward_features(X), vit.forward_features(X), rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ from homl16.data.convert import (
     to_pil_rgb,
     to_tensors,
 )
-from homl16.data.digits import load_digits, load_mnist
+from homl16.data.digits import load_digits, load_mnist, mnist_tensors
 from homl16.data.food import load_food101, shapes_food_stand_in
 from homl16.data.pets import load_pets, shapes_pets_stand_in
 from homl16.data.photos import PHOTO_NAMES, load_photo, photos_dataset
@@ -19,6 +19,6 @@ from homl16.data.shapes import ACTIONS, COLOURS, SHAPES, ShapesWorld, shapes_dat
 
 __all__ = ["ACTIONS", "COLOURS", "PHOTO_NAMES", "SHAPES", "ShapesWorld", "cached_dataset", "image_dataset",
            "image_files", "image_to_tensor", "load_digits", "load_food101", "load_image",
-           "load_image_folder", "load_mnist", "load_pets", "load_photo", "photos_dataset", "read_images",
-           "shapes_dataset", "shapes_food_stand_in", "shapes_pets_stand_in", "shapes_video_dataset",
-           "to_pil_rgb", "to_tensors"]
+           "load_image_folder", "load_mnist", "load_pets", "load_photo", "mnist_tensors", "photos_dataset",
+           "read_images", "shapes_dataset", "shapes_food_stand_in", "shapes_pets_stand_in",
+           "shapes_video_dataset", "to_pil_rgb", "to_tensors"]
