@@ -43,14 +43,6 @@ def check_divisible(name, size, divisor, divisor_name):
         raise ValueError(f"{name}={size} must be divisible by {divisor_name}={divisor}")
 
 
-def check_paired_shapes(pairs, model_name):
-    """Raise unless each (course tensor, transformers tensor) pair has one shape (before copying weights)."""
-    for ours, theirs in pairs:
-        if ours.shape != theirs.shape:
-            raise ValueError(f"sizes differ: {tuple(ours.shape)} in the course's {model_name} "
-                             f"vs {tuple(theirs.shape)} in transformers'")
-
-
 def check_positive(name, value, integer=False):
     """Raise unless ``value`` is a number > 0 (an int when ``integer``): sizes, epochs, temperatures."""
     kind = numbers.Integral if integer else numbers.Real

@@ -193,7 +193,6 @@ CASES = [
     case(checks.check_grid_tokens, "x", torch.zeros(1, 5, 2), (2, 2), match="x has 5 tokens"),
     case(checks.check_divisible, "img_size", 30, 4, "patch_size", match="divisible by patch_size=4"),
     case(checks.check_divisible, "img_size", 32, 0, "patch_size", match="patch_size must be positive"),
-    case(checks.check_paired_shapes, [(torch.zeros(2), torch.zeros(3))], "ViT", match="sizes differ"),
     case(checks.check_positive, "epochs", 0, match="epochs must be positive"),
     case(checks.check_positive, "batch_size", 2.5, integer=True, raises=TypeError,
          match="batch_size must be an int"),
