@@ -1,6 +1,6 @@
 """Notebook 08's VideoBERT run under each learning-rate schedule and three seeds, outside the test suite.
 
-    python benchmarks/videobert_schedule.py                      # linear and one_cycle, seeds 0 1 2
+    python benchmarks/videobert_schedule.py    # linear, one_cycle, before_refactor; seeds 0 1 2
     python benchmarks/videobert_schedule.py --schedules linear --seeds 0
 
 Builds the notebook's data, visual words and 2-layer model with homl16.videobert's own functions and the
@@ -8,6 +8,8 @@ notebook's settings (800 training videos, 8 x 8 visual words, 12 epochs of 32, l
 seeded as the notebook is under ``HOML16_SEED_OFFSET`` = seed (offset 0 is the committed run). Prints and
 writes to benchmarks/videobert_schedule.md the zero-shot verb and noun accuracy and the alignment accuracy
 of every (schedule, seed), and their mean, min and max per schedule (rows not re-run are kept).
+Schedules: train_videobert's "linear" and "one_cycle", and "before_refactor", the loop of commit 7cb5003
+replayed step for step (linear schedule, batch order drawn from the masking generator).
 """
 
 import argparse
@@ -25,11 +27,13 @@ from homl16.bert import load_bert, load_bert_tokenizer
 from homl16.data.shapes import ACTIONS, SHAPES, shapes_video_dataset
 from homl16.efficientnet import cached_feature_maps
 from homl16.notebook import quiet_libraries
+from homl16.train import train
 from homl16.videobert import (
     NARRATION_TEMPLATES,
     VERBS,
     HierarchicalKMeans,
     VideoBert,
+    _linear_warmup_decay,
     alignment_scores,
     clip_features,
     extend_vocabulary,
@@ -38,6 +42,7 @@ from homl16.videobert import (
     project_centroids,
     train_videobert,
     video_frames,
+    videobert_losses,
     zero_shot_predictions,
 )
 
@@ -72,6 +77,31 @@ def setup():
                 tokens_test=tree.predict(clips_test.flatten(0, 1)).reshape(NUM_TEST, -1))
 
 
+def train_as_before(model, tokenizer, texts, video_tokens, meanings, seed):
+    """The loop of train_videobert before it moved to train.train (commit 7cb5003), step for step: the
+    linear schedule, and one generator (seeded ``seed``) drawing the batch order, the masks and the negatives
+    in turn. train() only counts the steps and steps the optimiser; the indices it draws are ignored."""
+    generator = torch.Generator().manual_seed(seed)
+    token_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
+    steps = EPOCHS * len(texts) // 32
+    scheduler = _linear_warmup_decay(optimizer, steps)
+    state = {"order": torch.randperm(len(texts), generator=generator), "position": 0}
+
+    def batch_loss(_):
+        if state["position"] + 32 > len(texts):
+            state["order"], state["position"] = torch.randperm(len(texts), generator=generator), 0
+        index = state["order"][state["position"]:state["position"] + 32].tolist()
+        state["position"] += 32
+        losses = videobert_losses(model, tokenizer, [token_ids[i] for i in index], video_tokens[index],
+                                  [meanings[i] for i in index], generator)
+        return sum(losses.values()) + (ALIGNMENT_WEIGHT - 1) * losses["alignment"]
+
+    train(model, batch_loss, len(texts), optimizer, steps=steps, batch_size=32, scheduler=scheduler,
+          desc="VideoBERT (as before)")
+
+
 def run(data, tokenizer, schedule, seed):
     """Train and evaluate one model, seeded as notebook 08 under HOML16_SEED_OFFSET=seed -> figures."""
     os.environ["HOML16_SEED_OFFSET"] = str(seed)
@@ -87,8 +117,11 @@ def run(data, tokenizer, schedule, seed):
     model = VideoBert(bert, num_layers=2, output_ids=output_ids, alignment_pooling="mean")
     meanings = list(zip(data["train_videos"]["label"], data["train_videos"]["shape"]))
     homl16.set_seed(42)
-    train_videobert(model, tokenizer, texts, tokens_train, meanings, epochs=EPOCHS, batch_size=32, lr=LR,
-                    alignment_weight=ALIGNMENT_WEIGHT, seed=42, schedule=schedule)
+    if schedule == "before_refactor":
+        train_as_before(model, tokenizer, texts, tokens_train, meanings, seed=42 + seed)
+    else:
+        train_videobert(model, tokenizer, texts, tokens_train, meanings, epochs=EPOCHS, batch_size=32, lr=LR,
+                        alignment_weight=ALIGNMENT_WEIGHT, seed=42, schedule=schedule)
     test = data["test_videos"]
     verbs, nouns = list(VERBS.values()), list(SHAPES)
     true_verbs = torch.tensor([verbs.index(VERBS[ACTIONS[a]]) for a in test["label"]])
@@ -135,7 +168,7 @@ def write(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedules", nargs="+", default=["linear", "one_cycle"])
+    parser.add_argument("--schedules", nargs="+", default=["linear", "one_cycle", "before_refactor"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
     quiet_libraries()
