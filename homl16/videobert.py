@@ -395,12 +395,13 @@ def _linear_warmup_decay(optimizer, total_steps, warmup_share=0.1):
 
 
 def train_videobert(model, tokenizer, texts, video_tokens, meanings, epochs, batch_size=32, lr=1e-4, seed=42,
-                    alignment_weight=20.0, schedule="linear"):
+                    alignment_weight=20.0, schedule="linear", mask_seed=None):
     """Train on matching (texts[i], video_tokens[i]) pairs for ``epochs`` passes with ``train.train``
     (full batches only: a batch needs 2 pairs for its negatives) and AdamW (weight decay 0.01).
     ``schedule``: "linear" (10% linear warm-up, linear decay to 0) or "one_cycle"
     (``train.adamw_one_cycle``: 10% warm-up from lr/25, cosine decay, Adam's beta1 cycled 0.95-0.85-0.95);
-    benchmarks/videobert_schedule.md compares them over three seeds.
+    benchmarks/videobert_schedule.md compares them over three seeds. Batches are drawn from ``seed``; masks
+    and negatives from ``mask_seed`` (default ``seed`` + 1000, plus ``runtime.seed_offset()`` either way).
     The loss is the sum of ``videobert_losses`` with the alignment loss multiplied by ``alignment_weight``
     (its gradient on the encoder starts 60 to 90 times smaller than the MLM losses': the fresh head's
     small weights sit in between; unweighted, it stayed at log 2 in our runs). ``meanings``: one hashable
@@ -412,7 +413,10 @@ def train_videobert(model, tokenizer, texts, video_tokens, meanings, epochs, bat
         raise ValueError(f"schedule must be 'linear' or 'one_cycle', got {schedule!r}")
     if not len(texts) == len(video_tokens) == len(meanings):
         raise ValueError(f"{len(texts)} texts, {len(video_tokens)} videos, {len(meanings)} meanings")
-    generator = torch.Generator().manual_seed(seed + seed_offset())  # masking and negatives
+    # not train()'s batch-order seed: two generators seeded alike draw the same numbers, so the masks would
+    # replay the batch order's draws
+    mask_seed = seed + 1000 if mask_seed is None else mask_seed
+    generator = torch.Generator().manual_seed(mask_seed + seed_offset())  # masking and negatives
     token_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     params = [p for p in model.parameters() if p.requires_grad]
     if schedule == "one_cycle":
