@@ -21,7 +21,7 @@ from torch import nn
 
 from homl16.checks import check_rank, check_tensor
 from homl16.runtime import seed_offset
-from homl16.train import adamw_one_cycle, train
+from homl16.train import adamw_one_cycle, steps_per_epoch, train
 
 # The narrator's verb for each shapes-world action: single WordPiece tokens, so one [MASK] can hold each.
 VERBS = {"moves left": "pull", "moves right": "push", "moves up": "lift", "moves down": "drop",
@@ -386,10 +386,22 @@ def videobert_losses(model, tokenizer, texts, video_tokens, meanings, generator,
             "alignment": alignment_loss}
 
 
+def _linear_warmup_decay(optimizer, total_steps, warmup_share=0.1):
+    """LambdaLR: the learning rate climbs linearly to its peak over the first ``warmup_share`` of the steps,
+    then falls linearly to 0 at ``total_steps``."""
+    warmup = max(1, round(warmup_share * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / (total_steps - warmup + 1))))
+
+
 def train_videobert(model, tokenizer, texts, video_tokens, meanings, epochs, batch_size=32, lr=1e-4, seed=42,
-                    alignment_weight=20.0):
+                    alignment_weight=20.0, schedule="linear", mask_seed=None):
     """Train on matching (texts[i], video_tokens[i]) pairs for ``epochs`` passes with ``train.train``
-    (full batches only: a batch needs 2 pairs for its negatives) and AdamW with a one-cycle schedule.
+    (full batches only: a batch needs 2 pairs for its negatives) and AdamW (weight decay 0.01).
+    ``schedule``: "linear" (10% linear warm-up, linear decay to 0) or "one_cycle"
+    (``train.adamw_one_cycle``: 10% warm-up from lr/25, cosine decay, Adam's beta1 cycled 0.95-0.85-0.95);
+    benchmarks/videobert_schedule.md compares them over three seeds. Batches are drawn from ``seed``; masks
+    and negatives from ``mask_seed`` (default ``seed`` + 1000, plus ``runtime.seed_offset()`` either way).
     The loss is the sum of ``videobert_losses`` with the alignment loss multiplied by ``alignment_weight``
     (its gradient on the encoder starts 60 to 90 times smaller than the MLM losses': the fresh head's
     small weights sit in between; unweighted, it stayed at log 2 in our runs). ``meanings``: one hashable
@@ -397,13 +409,22 @@ def train_videobert(model, tokenizer, texts, video_tokens, meanings, epochs, bat
     per step."""
     if alignment_weight < 0:
         raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight}")
+    if schedule not in ("linear", "one_cycle"):
+        raise ValueError(f"schedule must be 'linear' or 'one_cycle', got {schedule!r}")
     if not len(texts) == len(video_tokens) == len(meanings):
         raise ValueError(f"{len(texts)} texts, {len(video_tokens)} videos, {len(meanings)} meanings")
-    generator = torch.Generator().manual_seed(seed + seed_offset())  # masking and negatives
+    # not train()'s batch-order seed: two generators seeded alike draw the same numbers, so the masks would
+    # replay the batch order's draws
+    mask_seed = seed + 1000 if mask_seed is None else mask_seed
+    generator = torch.Generator().manual_seed(mask_seed + seed_offset())  # masking and negatives
     token_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = adamw_one_cycle(params, lr, len(texts), batch_size, epochs, weight_decay=0.01,
-                                           drop_last=True)
+    if schedule == "one_cycle":
+        optimizer, scheduler = adamw_one_cycle(params, lr, len(texts), batch_size, epochs, weight_decay=0.01,
+                                               drop_last=True)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        scheduler = _linear_warmup_decay(optimizer, epochs * steps_per_epoch(len(texts), batch_size, True))
 
     def batch_loss(index):
         index = index.tolist()

@@ -609,6 +609,8 @@ CASES = [
          None, match="at least 2 pairs per batch"),
     case(videobert.train_videobert, VIDEOBERT, WordPieces(), ["a", "b"], torch.zeros(2, 1), [0, 1], 1,
          alignment_weight=-1.0, match="alignment_weight must be >= 0"),
+    case(videobert.train_videobert, VIDEOBERT, WordPieces(), ["a", "b"], torch.zeros(2, 1), [0, 1], 1,
+         schedule="cosine", match="schedule must be 'linear' or 'one_cycle'"),
     case(videobert.train_videobert, VIDEOBERT, WordPieces(), ["a", "b"], torch.zeros(3, 1), [0, 1], 1,
          match="2 texts, 3 videos, 2 meanings"),
     case(videobert.zero_shot_predictions, VIDEOBERT, WordPieces(), torch.zeros(1, 1), [["push"]],

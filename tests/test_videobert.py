@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from homl16 import videobert
 from homl16.videobert import (
     PROBE,
     HierarchicalKMeans,
@@ -218,3 +219,16 @@ def test_train_videobert_rejects_a_negative_alignment_weight(tokenizer):
     with pytest.raises(ValueError, match="alignment_weight"):
         train_videobert(model, tokenizer, ["push the circle"] * 2, torch.zeros(2, 2, dtype=torch.long),
                         [0, 1], epochs=1, alignment_weight=-1.0)
+
+
+def test_linear_warmup_decay_climbs_for_a_tenth_then_falls_to_zero():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = videobert._linear_warmup_decay(optimizer, total_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.02
+    assert optimizer.param_groups[0]["lr"] == 0.0
