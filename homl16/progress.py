@@ -34,7 +34,12 @@ class _DisplayLine:
 
 
 def progress_bar(iterable=None, total=None, desc=None, unit="it", **kwargs):
-    """A tqdm bar over ``iterable`` (or ``total`` steps) following the course's policy."""
+    """A tqdm bar over ``iterable`` (or ``total`` steps) following the course's policy; a loop of one
+    step or none gets no bar (it would only show 100% of nothing)."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if total is not None and total <= 1:
+        return tqdm(iterable, total=total, disable=True)
     kwargs.setdefault("mininterval", 1.0)
     kwargs.setdefault("dynamic_ncols", False)
     target = _DisplayLine() if _in_notebook() else sys.stderr

@@ -77,7 +77,7 @@ def test_a_registered_stand_in_is_the_default_fallback(capsys, tmp_path, monkeyp
     from homl16 import pretrained
 
     monkeypatch.setenv("HOML16_CACHE", str(tmp_path))
-    monkeypatch.setitem(pretrained.STAND_INS, "someone/tiny-vit", "tests.test_pretrained:tiny_vit_checkpoint")
+    monkeypatch.setitem(pretrained.STAND_INS, "someone/tiny-vit", "test_pretrained:tiny_vit_checkpoint")
     model = load_pretrained(ViTForImageClassification, "someone/tiny-vit", num_labels=3)
     assert model.config.num_labels == 3
     assert "Offline: someone/tiny-vit is not available" in capsys.readouterr().out
