@@ -37,10 +37,10 @@ def offline_classifier_checkpoint(name):
     return local_checkpoint(CLASSIFIERS[name][2], lambda: build(image_size=32, patch_size=4))
 
 
-def load_classifier(name, label_names, seed=42):
+def load_classifier(name, label_names, seed=42, plan=None):
     """(model, image processor, pretrained) for ``name`` in ``CLASSIFIERS``, with a new head for
     ``label_names`` (initialised from ``seed``); ``pretrained`` is False when the offline stand-in
-    was loaded."""
+    was loaded (offline, or when ``plan``, a ``homl16.plan.Plan``, skips the hub model)."""
     import transformers
     from transformers import AutoImageProcessor
 
@@ -52,25 +52,34 @@ def load_classifier(name, label_names, seed=42):
     if len(label_names) < 2:
         raise ValueError(f"label_names must name at least 2 classes, got {list(label_names)}")
     model_id, class_name, _ = CLASSIFIERS[name]
-    offline = offline_classifier_checkpoint(name)
-    set_seed(seed)  # after the offline checkpoint, whose first build seeds on its own
-    # id2label sets num_labels too (giving both warns when the checkpoint's own map has another length)
-    model = load_pretrained(getattr(transformers, class_name), model_id, offline,
-                            id2label=dict(enumerate(label_names)),
+
+    def offline():  # built only when needed; its first build seeds on its own, so the head's seed comes after
+        path = offline_classifier_checkpoint(name)
+        set_seed(seed)
+        return path
+
+    set_seed(seed)
+    # id2label sets num_labels too (giving both warns when the checkpoint's own map has another length); a
+    # checkpoint's head for another number of classes is replaced by a new one (else transformers raises)
+    model = load_pretrained(getattr(transformers, class_name), model_id, offline, plan,
+                            ignore_mismatched_sizes=True, id2label=dict(enumerate(label_names)),
                             label2id={label: i for i, label in enumerate(label_names)})
-    processor = load_pretrained(AutoImageProcessor, model_id, offline)
+    processor = load_pretrained(AutoImageProcessor, model_id, offline, plan)
     return model, processor, model.name_or_path == model_id
 
 
 def device_recipe():
     """``TrainingArguments`` options for the device at hand.
 
-    On a CUDA GPU that supports bf16, the course's GPU recipe: bf16 autocast and fused AdamW (see
-    benchmarks/gpu_vit_throughput.py for its speed). On a machine with no accelerator, ``use_cpu=True``,
-    without which several processes under torchrun do not form a (gloo) process group.
+    On a CUDA GPU, the course's GPU recipe: half-precision autocast and fused AdamW (see
+    benchmarks/gpu_vit_throughput.py for its speed); bf16 where the GPU computes it natively (compute
+    capability 8.0 on), else fp16 (a T4 reports bf16 as supported but only emulates it, slowly). On a
+    machine with no accelerator, ``use_cpu=True``, without which several processes under torchrun do
+    not form a (gloo) process group.
     """
     if torch.cuda.is_available():
-        return {"bf16": True, "optim": "adamw_torch_fused"} if torch.cuda.is_bf16_supported() else {}
+        half = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
+        return {half: True, "optim": "adamw_torch_fused"}
     return {} if torch.backends.mps.is_available() else {"use_cpu": True}
 
 

@@ -3,18 +3,24 @@
 import inspect
 import math
 import numbers
+import os
 import warnings
 
 from IPython import get_ipython
 from IPython.display import Markdown, display
 
-from homl16.pretrained import keep_hub_kernels_off_offline
+from homl16.pretrained import (
+    hub_mode,
+    keep_download_counts_local,
+    keep_hub_kernels_off_offline,
+    set_libraries_offline,
+)
 from homl16.runtime import get_device, set_seed
 
 
-def setup_notebook(seed=42, dpi=72):
-    """Seed everything, pick the device, keep figures small and, offline, keep transformers from fetching
-    hub kernels; prints one line, returns the device."""
+def setup_notebook(seed=42, offline=False, dpi=72):
+    """Seed everything, pick the device, choose the mode (see ``choose_mode``) and keep figures small;
+    prints one line that says all of it, returns the device."""
     import matplotlib.pyplot as plt
     import torch
 
@@ -26,10 +32,36 @@ def setup_notebook(seed=42, dpi=72):
     warnings.filterwarnings("ignore", message=".*pin_memory.*")  # harmless on a CPU-only machine
     quiet_libraries()
     device = get_device()
-    keep_hub_kernels_off_offline()  # before any cell loads a model with transformers' own from_pretrained
+    mode, why = choose_mode(offline)
     print(f"homl16 {__import__('homl16').__version__}, torch {torch.__version__}, device: {device}, "
-          f"seed: {seed}")
+          f"seed: {seed}, mode: {mode} ({why})")
     return device
+
+
+def choose_mode(offline=False):
+    """The session's mode, set up in the libraries before any cell loads from the hub: ``offline=True``
+    forces offline, even with a network; otherwise ``hub_mode()`` decides (``HOML16_MODE``,
+    ``HF_HUB_OFFLINE``, or whether the hub answers). Offline, huggingface_hub, transformers and datasets
+    stay off the network and transformers fetches no hub kernels. Returns (mode, why)."""
+    global _forced_offline
+    if not isinstance(offline, bool):
+        raise ValueError(f"offline must be True or False, got {offline!r}")
+    if _forced_offline and not offline:  # the first cell re-run with OFFLINE = False: undo our own forcing
+        os.environ.pop("HF_HUB_OFFLINE", None)
+        _forced_offline = False
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # also for the processes a notebook starts (torchrun, ...)
+        _forced_offline = True
+        mode, why = "offline", "offline=True"
+    else:
+        mode, why = hub_mode()
+    set_libraries_offline(mode == "offline")
+    keep_download_counts_local()
+    keep_hub_kernels_off_offline()
+    return mode, why
+
+
+_forced_offline = False
 
 
 def quiet_libraries():

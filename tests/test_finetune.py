@@ -72,3 +72,49 @@ def test_finetune_script_trains_with_two_processes_under_torchrun(tmp_path):
     # 64 examples, 8 per process and step, 2 processes: 4 steps (one process alone would take 8)
     assert "2 process(es) on cpu: 4 optimizer steps" in stdout
     assert (tmp_path / "final" / "config.json").exists()
+
+
+def test_the_offline_stand_in_is_built_only_when_needed(monkeypatch):
+    """Online, load_classifier loads the hub's model and builds no offline checkpoint."""
+    import transformers
+
+    from homl16 import finetune, pretrained
+
+    built = []
+    monkeypatch.setattr(finetune, "offline_classifier_checkpoint", lambda name: built.append(name))
+    monkeypatch.setattr(pretrained, "keep_hub_kernels_off_offline", lambda: True)  # online
+    hub_model = type("HubModel", (), {"name_or_path": "google/vit-base-patch16-224-in21k"})()
+    monkeypatch.setattr(transformers.ViTForImageClassification, "from_pretrained", lambda *a, **k: hub_model)
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", lambda *a, **k: "processor")
+    assert load_classifier("vit", ["a", "b"]) == (hub_model, "processor", True)
+    assert built == []
+
+
+def test_a_label_map_of_another_length_than_the_checkpoints_gives_no_warning(tmp_path, monkeypatch):
+    """The real DeiT has 1,000 labels; the pets 37 (offline 4): no "num_labels ... incompatible" warning, and
+    a head of another size is replaced (transformers 5 raises unless told to)."""
+    import logging
+
+    from transformers import DeiTConfig, DeiTForImageClassification
+    from transformers.utils import logging as transformers_logging
+
+    from homl16 import finetune
+
+    config = DeiTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        image_size=32, patch_size=8, num_labels=10)
+    DeiTForImageClassification(config).save_pretrained(tmp_path / "deit")
+    from transformers import ViTImageProcessor
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "deit")
+    monkeypatch.setattr(finetune, "offline_classifier_checkpoint", lambda name: str(tmp_path / "deit"))
+    warnings = []
+    handler = type("Collect", (logging.Handler,), {"emit": lambda self, record: warnings.append(record)})()
+    logger = transformers_logging.get_logger("transformers.configuration_utils")
+    transformers_logging.set_verbosity_warning()
+    logger.addHandler(handler)
+    try:
+        model, _, _ = load_classifier("deit", ["a", "b", "c", "d"])
+    finally:
+        logger.removeHandler(handler)
+        transformers_logging.set_verbosity_error()
+    assert model.config.num_labels == 4
+    assert not [r for r in warnings if "incompatible" in r.getMessage()]
