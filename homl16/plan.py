@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CPU_TRAIN_EXAMPLES = 256  # a CPU fine-tunes on this many examples (and evaluates on half as many), 1 epoch
+CPU_INFERENCE_EXAMPLES = 32  # and runs a big model on at most this many (e.g. photos to caption)
 CPU_MAX_PARAMS_M = 4_000  # no CPU plan above 4B parameters: generating with them takes many minutes a step
 TRAIN_ACTIVATIONS_GB = 2.0  # activations of a batch of 16 images at 224x224 through a Base model (rough)
 
@@ -21,11 +22,13 @@ TRAIN_ACTIVATIONS_GB = 2.0  # activations of a batch of 16 images at 224x224 thr
 class Needs:
     """What a checkpoint or dataset costs: ``download_gb`` (the files ``from_pretrained``/``load_dataset``
     fetch), ``params_m`` (millions of parameters, 0 for a dataset), ``gflops`` (one forward pass of one
-    example, for time estimates), and ``book`` (what the book's full run reaches, for fine-tuning)."""
+    example, for time estimates), ``book`` (what the book's full run reaches, for fine-tuning), and
+    ``examples`` (a dataset's training examples)."""
     download_gb: float
     params_m: float = 0.0
     gflops: float = 0.0
     book: str = ""
+    examples: int = 0
 
     def memory_gb(self, dtype, training=False):
         """Memory to hold the model in ``dtype`` ("float32", "float16", "bfloat16"): the weights plus 20% for
@@ -59,8 +62,8 @@ NEEDS = {
     "HuggingFaceM4/idefics-9b-instruct": Needs(18, 8_900),  # stored in bfloat16
     "Salesforce/blip2-opt-2.7b": Needs(15.5, 3_900),  # stored in float32
     "bert-base-uncased": Needs(0.44, 110, 22),
-    "timm/oxford-iiit-pet": Needs(0.8),  # 3,680 training and 3,669 test images, 37 breeds
-    "ethz/food101": Needs(5.0),  # 75,750 training and 25,250 validation images, 101 dishes
+    "timm/oxford-iiit-pet": Needs(0.8, examples=3_680),  # and 3,669 test images; 37 breeds
+    "ethz/food101": Needs(5.0, examples=75_750),  # and 25,250 validation images; 101 dishes
 }
 # Sustained TFLOPS in mixed-precision training of a Base vision transformer (rough; for time estimates only)
 GPU_TFLOPS = {"T4": 4, "P100": 4, "V100": 12, "L4": 10, "A10": 12, "A100": 30, "L40": 30, "H100": 60,
@@ -124,7 +127,8 @@ def choose_plan(machine, needs, training=False, epochs=3, examples=0):
 
     On a GPU where it fits, the book's recipe in half precision; else on the CPU in float32 when the model
     has at most 4B parameters and fits the free RAM (fine-tuning: a random subset of ``CPU_TRAIN_EXAMPLES``
-    examples and one epoch); else skipped. A download larger than the free disk is skipped too.
+    examples and one epoch; inference: at most ``CPU_INFERENCE_EXAMPLES``); else skipped. A download larger
+    than the free disk is skipped too.
     """
     if not isinstance(machine, Machine) or not isinstance(needs, Needs):
         raise ValueError(f"choose_plan takes a Machine and a Needs, got {machine!r} and {needs!r}")
@@ -150,7 +154,8 @@ def choose_plan(machine, needs, training=False, epochs=3, examples=0):
     parts = [f"{download}, needs {need:.1f} GB of RAM in float32 ({machine.ram_free_gb:.0f} GB free), "
              f"on the {device}"]
     if not training:
-        return Plan(True, device, "float32", epochs, None, "; ".join(parts))
+        parts.append(f"on at most {CPU_INFERENCE_EXAMPLES} examples where there are more")
+        return Plan(True, device, "float32", epochs, CPU_INFERENCE_EXAMPLES, "; ".join(parts))
     subset = min(examples or CPU_TRAIN_EXAMPLES, CPU_TRAIN_EXAMPLES)
     parts.append(f"no GPU, so 1 epoch on a random {subset} of the {examples:,} training examples, "
                  f"{estimate(machine, device, needs, 1, subset)}")
@@ -226,10 +231,12 @@ def served_download_gb(model_id, revision=None):
         return None
 
 
-def plan_for(model_id, dataset_id=None, training=False, epochs=3, examples=0, revision=None):
-    """The plan for ``model_id`` (with ``dataset_id``'s download, when given) on this machine, printed as one
-    line; offline, a silent skip (the loaders then say which stand-in they use). The model's size is the
-    one the hub serves (so a mirror's small test copy is planned as small), else the ``NEEDS`` table's."""
+def plan_for(model_id, dataset_id=None, training=False, epochs=3, revision=None):
+    """The plan for ``model_id`` on this machine (fine-tuned on ``dataset_id`` for the book's ``epochs`` when
+    ``training``; the dataset's download counts too), printed as one line before anything is downloaded.
+    Offline: a silent ``Plan(False)`` (the loaders say which stand-in they use; ``take`` keeps all of it).
+    The model's size is the one the hub serves (so a mirror's small test copy is planned as small), else
+    the ``NEEDS`` table's."""
     from homl16.pretrained import hub_available
 
     if model_id not in NEEDS or (dataset_id is not None and dataset_id not in NEEDS):
@@ -240,9 +247,11 @@ def plan_for(model_id, dataset_id=None, training=False, epochs=3, examples=0, re
     served = served_download_gb(model_id, revision)
     if served:
         needs = needs.scaled(served)
+    examples = 0
     if dataset_id is not None:
         needs = Needs(needs.download_gb + NEEDS[dataset_id].download_gb, needs.params_m, needs.gflops,
                       needs.book)
+        examples = NEEDS[dataset_id].examples
     plan = choose_plan(this_machine(), needs, training, epochs, examples)
     print(f"Plan for {model_id}: {plan.why}." if plan.run else
           f"Plan for {model_id}: skipped, {plan.why}; the offline stand-in instead.")

@@ -31,7 +31,9 @@ def test_fine_tuning_on_a_cpu_takes_a_small_subset_for_one_epoch_and_quotes_the_
 def test_blip2_runs_in_half_precision_on_a_t4_on_a_big_cpu_in_float32_and_not_on_a_laptop():
     assert (choose_plan(T4, BLIP2).device, choose_plan(T4, BLIP2).dtype) == ("cuda", "float16")
     on_workstation = choose_plan(WORKSTATION, BLIP2)
-    assert (on_workstation.device, on_workstation.dtype) == ("cpu", "float32")
+    assert (on_workstation.device, on_workstation.dtype, on_workstation.max_examples) == \
+        ("cpu", "float32", 32)
+    assert choose_plan(T4, BLIP2).max_examples is None  # a GPU captions all the photos
     on_laptop = choose_plan(LAPTOP, BLIP2)
     assert not on_laptop.run and "19 GB of RAM in float32 (6 GB free): too big" in on_laptop.why
 
