@@ -64,7 +64,8 @@ def load_classifier(name, label_names, seed=42, plan=None):
     model = load_pretrained(getattr(transformers, class_name), model_id, offline, plan,
                             ignore_mismatched_sizes=True, id2label=dict(enumerate(label_names)),
                             label2id={label: i for i, label in enumerate(label_names)})
-    processor = load_pretrained(AutoImageProcessor, model_id, offline, plan)
+    processor = load_pretrained(AutoImageProcessor, model_id, lambda: offline_classifier_checkpoint(name),
+                                plan)  # no re-seeding here
     return model, processor, model.name_or_path == model_id
 
 

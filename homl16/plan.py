@@ -132,13 +132,13 @@ def choose_plan(machine, needs, training=False, epochs=3, examples=0):
     """
     if not isinstance(machine, Machine) or not isinstance(needs, Needs):
         raise ValueError(f"choose_plan takes a Machine and a Needs, got {machine!r} and {needs!r}")
-    download = f"downloading {needs.download_gb:.2g} GB"
+    download = f"downloading {size(needs.download_gb)}"
     if needs.download_gb > machine.disk_free_gb:
         return Plan(False, why=f"{download} does not fit the {machine.disk_free_gb:.0f} GB free on disk")
     if machine.device == "cuda":
         need = needs.memory_gb(machine.half, training)
         if need <= machine.gpu_free_gb:
-            parts = [f"{download}, needs {need:.1f} GB of GPU memory in {machine.half} "
+            parts = [f"{download}, needs {size(need)} of GPU memory in {machine.half} "
                      f"({machine.gpu_free_gb:.0f} GB free on the {machine.gpu_name})"]
             if training:
                 parts.append(f"the book's recipe: {epochs} epochs on all {examples:,} training examples, "
@@ -149,9 +149,9 @@ def choose_plan(machine, needs, training=False, epochs=3, examples=0):
     if needs.params_m > CPU_MAX_PARAMS_M or need > machine.ram_free_gb:
         gpu = f"more GPU memory than the {machine.gpu_free_gb:.0f} GB free, or " if machine.device == "cuda" \
             else ""
-        return Plan(False, why=f"{download}, needs {gpu}{need:.0f} GB of RAM in float32 "
+        return Plan(False, why=f"{download}, needs {gpu}{size(need)} of RAM in float32 "
                                f"({machine.ram_free_gb:.0f} GB free): too big for this machine")
-    parts = [f"{download}, needs {need:.1f} GB of RAM in float32 ({machine.ram_free_gb:.0f} GB free), "
+    parts = [f"{download}, needs {size(need)} of RAM in float32 ({machine.ram_free_gb:.0f} GB free), "
              f"on the {device}"]
     if not training:
         parts.append(f"on at most {CPU_INFERENCE_EXAMPLES} examples where there are more")
@@ -162,6 +162,11 @@ def choose_plan(machine, needs, training=False, epochs=3, examples=0):
     if needs.book:
         parts.append(f"the book's run: {epochs} epochs on all of them on a GPU, {needs.book}")
     return Plan(True, device, "float32", 1, CPU_TRAIN_EXAMPLES, "; ".join(parts))
+
+
+def size(gb):
+    """``gb`` for reading: "15.5 GB", "3.4 GB", "350 MB", "1 MB"."""
+    return f"{gb:.1f} GB" if gb >= 1 else f"{max(1, round(gb * 1000))} MB"
 
 
 def estimate(machine, device, needs, epochs, examples):

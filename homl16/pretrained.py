@@ -165,7 +165,8 @@ def load_pretrained(model_class, model_id, fallback=None, plan=None, **kwargs):
         except (ImportError, ValueError) as error:
             if not needs_missing_package(error):
                 raise
-            reason = f"{model_id} needs a package the course does not install ({str(error).splitlines()[0]})"
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = f"{model_id} needs a package the course does not install ({first_line})"
     return load_fallback(model_class, model_id, fallback, reason, kwargs)
 
 

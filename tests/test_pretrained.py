@@ -203,8 +203,8 @@ def test_a_checkpoint_needing_a_missing_package_falls_back_with_a_clear_line(tmp
 
     def from_pretrained(model_id, **kwargs):
         if not os.path.isdir(model_id):
-            raise ImportError("TimmBackbone requires the timm library but it was not found in your "
-                              "environment.")
+            raise ImportError("\nTimmBackbone requires the timm library but it was not found in your "
+                              "environment. You can install it with pip:\n`pip install timm`.")  # as in 5.25
         return f"stand-in from {model_id}"
 
     monkeypatch.setattr(pretrained, "keep_hub_kernels_off_offline", lambda: True)  # online
