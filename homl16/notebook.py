@@ -68,12 +68,14 @@ def quiet_libraries():
     """Keep the libraries' plumbing out of the stored outputs: no per-file loading bars (saved as widgets
     they show "0%" on GitHub) and no load reports; their errors still show."""
     from datasets.utils.logging import disable_progress_bar as datasets_quiet
+    from datasets.utils.logging import set_verbosity_error as datasets_errors_only
     from huggingface_hub.utils import disable_progress_bars as hub_quiet
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     datasets_quiet()
+    datasets_errors_only()  # e.g. no "Found the latest cached dataset configuration" when offline
     hub_quiet()
 
 
