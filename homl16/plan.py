@@ -157,7 +157,8 @@ def choose_plan(machine, needs, training=False, epochs=3, examples=0):
         parts.append(f"on at most {CPU_INFERENCE_EXAMPLES} examples where there are more")
         return Plan(True, device, "float32", epochs, CPU_INFERENCE_EXAMPLES, "; ".join(parts))
     subset = min(examples or CPU_TRAIN_EXAMPLES, CPU_TRAIN_EXAMPLES)
-    parts.append(f"no GPU, so 1 epoch on a random {subset} of the {examples:,} training examples, "
+    of_all = f" of the {examples:,} training examples" if examples else " training examples"
+    parts.append(f"no GPU, so 1 epoch on a random {subset}{of_all}, "
                  f"{estimate(machine, device, needs, 1, subset)}")
     if needs.book:
         parts.append(f"the book's run: {epochs} epochs on all of them on a GPU, {needs.book}")
