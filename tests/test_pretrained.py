@@ -170,7 +170,7 @@ def test_offline_wins_over_everything_and_homl16_mode_is_checked(no_mode_variabl
 
 
 def test_setup_notebook_prints_the_mode_and_offline_true_really_forces_offline(no_mode_variables, monkeypatch,
-                                                                                capsys):
+                                                                                capsys, tmp_path):
     import datasets.config
     import huggingface_hub.constants
     from huggingface_hub import hf_hub_download
@@ -187,7 +187,7 @@ def test_setup_notebook_prints_the_mode_and_offline_true_really_forces_offline(n
     assert datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is False  # no request to S3, outside the endpoint
     start = time.perf_counter()
     with pytest.raises(LocalEntryNotFoundError):  # the already imported library does not try the network
-        hf_hub_download("someone/model", "config.json", cache_dir=os.devnull + "-no-cache")
+        hf_hub_download("someone/model", "config.json", cache_dir=tmp_path)
     assert time.perf_counter() - start < 1
     setup_notebook(seed=1)  # the first cell re-run with OFFLINE = False: online again
     assert "mode: online (hub reachable at http://127.0.0.1:" in capsys.readouterr().out
