@@ -224,16 +224,15 @@ def served_download_gb(model_id, revision=None):
     import json
 
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
 
-    try:
+    try:  # the hub's errors (no such file, repo or revision; gated) are OSErrors
         index = hf_hub_download(model_id, "model.safetensors.index.json", revision=revision)
         return json.loads(Path(index).read_text())["metadata"]["total_size"] / 1e9
-    except (OSError, HfHubHTTPError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError):
         pass
     try:
         return get_hf_file_metadata(hf_hub_url(model_id, "model.safetensors", revision=revision)).size / 1e9
-    except (OSError, HfHubHTTPError, TypeError):
+    except (OSError, TypeError):  # TypeError: no size given
         return None
 
 
