@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 REPR_PLACEHOLDER = re.compile(r"<[\w.]+ object(?: at 0x[0-9a-f]+)?>")  # text/plain of a rich-only display
-FALLBACK = re.compile(r"\bfall(?:ing)? ?back\b|torchvision is missing|is not installed", re.IGNORECASE)
+FALLBACK = re.compile(r"\bfalling back\b|torchvision is missing", re.IGNORECASE)  # libraries' own fallbacks
 LIBRARY_WARNING = re.compile(r"\b\w*Warning\b|^\s*warnings\.warn\(", re.MULTILINE)
-OFFLINE_NOTICE = re.compile(r"^Offline: (\S+) ", re.MULTILINE)
+OFFLINE_NOTICE = re.compile(r"^Offline: (\S+)", re.MULTILINE)  # the checkpoint or data set it replaces
 TQDM_COUNT = re.compile(r"(\d+)/(\d+) \[(?:\d+:)?\d\d:\d\d<")  # tqdm's "n/total [elapsed<remaining"
 HTML_PROGRESS = re.compile(r"<progress value='(\d+)' max='(\d+)'")  # transformers' notebook bars (Trainer)
 MACHINE_PATH = re.compile(r"/(?:root|home|work|tmp|Users)/|(?<!\.\.\.)/(?:site|dist)-packages/")
