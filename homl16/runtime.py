@@ -93,10 +93,11 @@ def stale_imports():
         with warnings.catch_warnings():  # some packages deprecate their __version__
             warnings.simplefilter("ignore")
             loaded = getattr(module, "__version__", None)
-        if "." in name or len(distributions.get(name, [])) != 1 or not isinstance(loaded, str):
+        owners = set(distributions.get(name, []))  # a name twice when two site-packages hold it
+        if "." in name or len(owners) != 1 or not isinstance(loaded, str):
             continue
         try:
-            installed = version(distributions[name][0])
+            installed = version(owners.pop())  # the one import finds first
             if Version(loaded) != Version(installed):
                 stale.append((name, loaded, installed))
         except (PackageNotFoundError, InvalidVersion):

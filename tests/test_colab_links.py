@@ -1,6 +1,7 @@
 """Colab: every badge and install line comes from pyproject's one address, and the install works there."""
 
 import copy
+import importlib.metadata
 import importlib.util
 import re
 import sys
@@ -109,6 +110,9 @@ def test_stale_imports_names_a_package_upgraded_under_the_running_process(monkey
     assert stale_imports() == [("tqdm", "0.0.1", tqdm.__version__)]
     with pytest.raises(RuntimeError, match=r"tqdm 0\.0\.1 -> .*restart the runtime"):
         check_no_stale_imports()
+    # a venv over the system's site-packages (or a user site) lists a package once per copy
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"tqdm": ["tqdm", "tqdm"]})
+    assert stale_imports() == [("tqdm", "0.0.1", tqdm.__version__)]
 
 
 def test_explorers_display_with_ipywidgets_7_which_has_no_repr_mimebundle():
