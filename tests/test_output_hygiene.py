@@ -159,6 +159,7 @@ def display(data):
 
 
 @pytest.mark.parametrize("check, bad, good", [
+    (errors, {"output_type": "error", "ename": "ImportError", "evalue": "x", "traceback": []}, stream("ok")),
     (load_reports, stream("ViTModel LOAD REPORT from: x\n"), stream("loaded ViTModel\n")),
     (colour_codes, stream("\x1b[1mbold\x1b[0m"), stream("bold")),
     (fallback_warnings, stream("torchvision is missing, falling back to PIL"), stream("using PIL")),
