@@ -161,7 +161,8 @@ def train_caption_tokenizer(captions, vocab_size=400):
     from transformers import CLIPTokenizer
 
     captions = check_strings("captions", captions)
-    trained = CLIPTokenizer().train_new_from_iterator(captions, vocab_size=vocab_size)
+    # no progress: the Rust trainer writes blank lines to the process's stdout, which a notebook stores
+    trained = CLIPTokenizer().train_new_from_iterator(captions, vocab_size=vocab_size, show_progress=False)
     # The BPE trainer breaks ties between equally frequent pairs in hash order, so its token ids
     # change from run to run: renumber them in a fixed order (special tokens first, then by length
     # and text) so that a seed gives the same model.

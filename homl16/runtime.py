@@ -3,6 +3,8 @@
 import os
 import random
 import shutil
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,38 @@ def write_once(path, write):
         else:
             tmp.unlink(missing_ok=True)
     return path
+
+
+def stale_imports():
+    """Packages this process had imported before pip installed another version of them, as sorted
+    (module, version in use, version installed): Python keeps running the old code until a restart."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    from packaging.version import InvalidVersion, Version
+
+    distributions = packages_distributions()
+    stale = []
+    for name, module in list(sys.modules.items()):
+        with warnings.catch_warnings():  # some packages deprecate their __version__
+            warnings.simplefilter("ignore")
+            loaded = getattr(module, "__version__", None)
+        owners = set(distributions.get(name, []))  # a name twice when two site-packages hold it
+        if "." in name or len(owners) != 1 or not isinstance(loaded, str):
+            continue
+        try:
+            installed = version(owners.pop())  # the one import finds first
+            if Version(loaded) != Version(installed):
+                stale.append((name, loaded, installed))
+        except (PackageNotFoundError, InvalidVersion):
+            continue
+    return sorted(stale)
+
+
+def check_no_stale_imports():
+    """Raise, asking for a runtime restart, if pip has just replaced a package this process already uses
+    (on Colab, one its kernel imports at start); the notebook's first cell calls it after installing."""
+    stale = stale_imports()
+    if stale:
+        changes = ", ".join(f"{name} {loaded} -> {installed}" for name, loaded, installed in stale)
+        raise RuntimeError(f"pip upgraded packages this runtime had already imported ({changes}): restart "
+                           "the runtime (Colab: Runtime > Restart session), then run this cell again")

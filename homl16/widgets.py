@@ -25,18 +25,24 @@ def figure_png(figure):
 
 
 class WithStaticFallback:
-    """Displays as ``widget`` where widgets render, and as the PNG of ``figure`` elsewhere."""
+    """Displays as ``widget`` where widgets render, and as the PNG of ``figure`` elsewhere.
+
+    The widget's view is written here, as ipywidgets 7 and 8 both write it, because only ipywidgets 8 has
+    ``_repr_mimebundle_`` (7 displays itself with ``_ipython_display_``, which cannot carry a fallback).
+    """
 
     def __init__(self, widget, figure):
-        if not hasattr(widget, "_repr_mimebundle_"):
+        if not isinstance(getattr(widget, "model_id", None), str):
             raise TypeError(f"widget must be an ipywidgets widget, got {type(widget).__name__}")
         self.widget = widget
         self.png = base64.b64encode(figure_png(figure)).decode("ascii")
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude)
-        bundle["image/png"] = self.png
-        return bundle
+        text = repr(self.widget)
+        return {"text/plain": text if len(text) <= 110 else text[:110] + "…",
+                "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                             "model_id": self.widget.model_id},
+                "image/png": self.png}
 
 
 def check_maps(images, maps):
