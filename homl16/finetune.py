@@ -104,7 +104,18 @@ def finetune_arguments(output_dir, pretrained, epochs, batch_size=16, **override
 
 
 def trainer_accuracy(trainer, dataset):
-    """Accuracy of the trainer's model on ``dataset`` (every process gets the gathered result)."""
-    predictions = trainer.predict(dataset)
+    """Accuracy of the trainer's model on ``dataset`` (every process gets the gathered result).
+
+    In a notebook, transformers' progress callback would replace the short prediction bar by an empty HTML
+    output when it closes (saved as such); it is left out of the ``predict`` call.
+    """
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    callback = trainer.pop_callback(NotebookProgressCallback)
+    try:
+        predictions = trainer.predict(dataset)
+    finally:
+        if callback is not None:
+            trainer.add_callback(callback)
     return float((predictions.predictions.argmax(-1) == predictions.label_ids).mean())
 

@@ -118,3 +118,21 @@ def test_a_label_map_of_another_length_than_the_checkpoints_gives_no_warning(tmp
         transformers_logging.set_verbosity_error()
     assert model.config.num_labels == 4
     assert not [r for r in warnings if "incompatible" in r.getMessage()]
+
+
+def test_accuracy_leaves_no_empty_prediction_bar_in_a_notebook(tmp_path, monkeypatch):
+    from datasets import Dataset
+    from transformers import Trainer
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    from homl16.finetune import trainer_accuracy
+
+    closed = []
+    monkeypatch.setattr(NotebookProgressCallback, "on_predict", lambda self, *a, **k: closed.append(1))
+    model, processor, _ = load_classifier("vit", ["a", "b"])
+    rows = Dataset.from_dict({"image": [Image.new("RGB", (32, 32))] * 4, "label": [0, 1, 0, 1]})
+    trainer = Trainer(model=model, args=finetune_arguments(str(tmp_path), False, 1, eval_strategy="no"),
+                      data_collator=image_collator(processor), callbacks=[NotebookProgressCallback])
+    accuracy = trainer_accuracy(trainer, rows)
+    assert 0 <= accuracy <= 1 and not closed  # its close() would store an empty HTML output
+    assert any(isinstance(c, NotebookProgressCallback) for c in trainer.callback_handler.callbacks)
