@@ -45,6 +45,19 @@ class Hub:
             return repo / revision
         return next((d for d in self.revisions(repo) if self.commit(d) == revision), None)
 
+    def repos(self):
+        """{repo id: "model" or "dataset"} of every repository in the folder. A folder whose subfolders hold
+        files directly (revisions) is a bare id (``bert-base-uncased``); else it holds ``org/name`` ids."""
+        found = {}
+        for kinds, kind in KINDS.items():
+            for top in sorted(p for p in (self.root / kinds).glob("*") if p.is_dir()):
+                revisions = [revision for revision in top.iterdir() if revision.is_dir()]
+                if any(f.is_file() for revision in revisions for f in revision.iterdir()):
+                    found[top.name] = kind
+                else:
+                    found.update({f"{top.name}/{repo.name}": kind for repo in top.iterdir() if repo.is_dir()})
+        return found
+
     @staticmethod
     def revisions(repo):
         return sorted(d for d in repo.iterdir() if d.is_dir())
@@ -259,8 +272,9 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     server = make_server(args.root, args.host, args.port, verbose=True)
-    print(f"Serving {args.root} at http://{args.host}:{server.server_address[1]} "
-          f"(learners set HF_ENDPOINT to this address with this machine's name or IP); Ctrl-C stops.")
+    address = f"http://{args.host}:{server.server_address[1]}"
+    print(f"Serving {len(server.hub.repos())} repositories from {args.root} at {address} "
+          f"(learners set HF_ENDPOINT to it, with this machine's name or IP); Ctrl-C stops.", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

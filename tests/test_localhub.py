@@ -114,3 +114,23 @@ def test_serve_checks_its_arguments(tmp_path, root, port, message):
         (tmp_path / "models").mkdir()
     with pytest.raises(ValueError, match=message):
         serve(tmp_path / root if root else tmp_path, port=port)
+
+
+def test_the_hub_lists_its_repositories_with_bare_and_org_ids(hub):
+    assert hub[0].hub.repos() == {"tiny-org/tiny-bert": "model", "tiny-bert-bare": "model",
+                                  "tiny-org/tiny-set": "dataset"}
+
+
+def test_the_command_line_serves_a_folder(hub):
+    root = hub[0].hub.root
+    process = subprocess.Popen([sys.executable, "-m", "homl16.localhub", str(root), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"Serving 3 repositories from {root} at http://127.0.0.1:"), line
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url + "/api/datasets/tiny-org/tiny-set") as response:
+            assert b'"id": "tiny-org/tiny-set"' in response.read()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

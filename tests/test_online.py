@@ -8,6 +8,8 @@ nothing is written back.
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,16 +61,33 @@ def kernel_environment(url, home, guard_log):
     return env
 
 
+def test_the_guard_stops_and_records_connections_that_leave_the_machine(tmp_path):
+    code = """
+import socket
+for host in ("huggingface.co", "8.8.8.8", "datasets-server.127.0.0.1", "127.0.0.1"):
+    try:
+        socket.create_connection((host, 9), timeout=1)
+    except OSError as error:
+        print(host, type(error).__name__)
+"""
+    env = kernel_environment("http://127.0.0.1:9", tmp_path, tmp_path / "guard.log")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    out = out.stdout
+    assert out.split("\n")[:4] == ["huggingface.co OSError", "8.8.8.8 OSError",
+                                   "datasets-server.127.0.0.1 gaierror", "127.0.0.1 ConnectionRefusedError"]
+    assert (tmp_path / "guard.log").read_text().splitlines() == ["lookup huggingface.co", "lookup 8.8.8.8"]
+
+
 def test_every_notebook_that_loads_from_the_hub_has_an_online_branch_and_expected_ids():
     assert {path.stem for path in tagged_notebooks()} == set(EXPECTED)
 
 
 @pytest.mark.parametrize("path", tagged_notebooks(), ids=lambda path: path.stem)
 def test_online_branch_runs_against_the_local_hub(path, local_hub, tmp_path):
-    server, url, hub_ids = local_hub
+    server, url = local_hub
     notebook = nbformat.read(path, as_version=4)
     notebook.cells = online_cells(notebook)
-    named = {hub_id for hub_id in hub_ids
+    named = {hub_id for hub_id in server.hub.repos()
              if re.search(rf"[\"']{re.escape(hub_id)}[\"']", "".join(c.source for c in notebook.cells))}
     expected = EXPECTED[path.stem]
     assert named <= expected, f"ids the tagged cells name, missing from EXPECTED: {named - expected}"
