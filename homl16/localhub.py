@@ -128,6 +128,8 @@ class Handler(BaseHTTPRequestHandler):
         self.route(send_body=True)
 
     def do_POST(self):
+        # read the body first, so that an early error answer leaves a kept-alive connection clean
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
         self.route(send_body=True)
 
     def route(self, send_body):
@@ -173,11 +175,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def posted_paths(self):
         """The ``paths`` of a paths-info request (form-encoded, as huggingface_hub sends them, or json)."""
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
         if self.headers.get("Content-Type", "").startswith("application/json"):
-            paths = json.loads(body or "{}").get("paths", [])
+            paths = json.loads(self.body or "{}").get("paths", [])
             return [paths] if isinstance(paths, str) else paths
-        return parse_qs(body).get("paths", [])
+        return parse_qs(self.body).get("paths", [])
 
     def resolve(self, kind, repo_id, revision, filename, send_body):
         hub = self.server.hub

@@ -134,3 +134,14 @@ def test_the_command_line_serves_a_folder(hub):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_refused_post_leaves_a_kept_alive_connection_usable(hub):
+    import http.client
+
+    connection = http.client.HTTPConnection(hub[1].removeprefix("http://"))
+    connection.request("POST", "/api/models/tiny-org/no-such-model/paths-info/main", body="paths=config.json",
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert connection.getresponse().read() and connection.sock is not None
+    connection.request("GET", "/api/models/tiny-org/tiny-bert")
+    assert connection.getresponse().status == 200
