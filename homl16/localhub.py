@@ -98,7 +98,7 @@ class Hub:
         return {"type": "file", "path": path, "size": size, "oid": digest[:40],
                 "lfs": {"oid": digest, "size": size, "pointerSize": 134}}
 
-    def info(self, kind, repo_id, folder):
+    def info(self, repo_id, folder):
         """The repository info json: id, sha, and the siblings (its files)."""
         return {"id": repo_id, "sha": self.commit(folder), "private": False, "gated": False,
                 "siblings": [{"rfilename": name} for name in self.files(folder)], "tags": [], "cardData": {}}
@@ -160,10 +160,10 @@ class Handler(BaseHTTPRequestHandler):
         if folder is None:
             return self.error(404, "RevisionNotFound", f"{repo_id} has no revision {revision}")
         if not action or action == ["revision"]:
-            return self.json(hub.info(kind, repo_id, folder), send_body)
+            return self.json(hub.info(repo_id, folder), send_body)
         if action == ["tree"]:
             path = "/".join(args[1:])
-            if path and not (folder / path).is_dir():
+            if path and (".." in path.split("/") or not (folder / path).is_dir()):
                 return self.error(404, "EntryNotFound", f"{path} is not a folder of {repo_id}")
             recursive = query.get("recursive", "").lower() in ("1", "true")
             return self.json(hub.tree(folder, path, recursive), send_body)

@@ -88,6 +88,7 @@ def test_the_hub_api_answers_as_huggingface_hub_expects(hub, tmp_path):
     ("/tiny-org/tiny-bert/resolve/v9/config.json", 404, "RevisionNotFound"),
     ("/tiny-org/tiny-bert/resolve/main/../../tiny-set/main/config.json", 404, "EntryNotFound"),
     ("/api/datasets/tiny-org/no-such-set", 404, "RepoNotFound"),
+    ("/api/datasets/tiny-org/tiny-set/tree/main/data/../../../..", 404, "EntryNotFound"),
 ])
 def test_missing_files_repositories_and_revisions_get_the_hub_error_codes(hub, path, status, code):
     with pytest.raises(HTTPError) as error:
