@@ -30,6 +30,7 @@ from homl16.runtime import REPO_ROOT, get_device
 
 INDEX_FILE, FILES_FILE, CAPTIONS_FILE = "photos.faiss", "photos.json", "captions.csv"
 DUPLICATE_SUFFIX = "_copy"  # fill_photo_folder names a planted near-duplicate of x.png x_copy.jpg
+CAPTION_TOKENS = 30  # the longest caption when the checkpoint sets no max_new_tokens (as the hub's BLIP-2)
 
 
 def default_photo_folder():
@@ -291,7 +292,8 @@ def caption_images(model, processor, images, device=None, **generate_kwargs):
     """The book's three lines (processor, ``generate``, ``batch_decode``) on a list of images -> captions.
 
     Images are first resized to the processor's input size, so a batch of photos of any sizes works
-    with every processor (the course's BLIP-2 processor does not resize)."""
+    with every processor (the course's BLIP-2 processor does not resize). Captions stop at the checkpoint's
+    ``max_new_tokens``, else at ``CAPTION_TOKENS``."""
     if len(images) == 0:
         raise ValueError("caption_images needs at least one image")
     device = device or get_device()
@@ -299,6 +301,7 @@ def caption_images(model, processor, images, device=None, **generate_kwargs):
     shape = (size["width"], size["height"]) if "height" in size else (size["shortest_edge"],) * 2
     images = [to_pil_rgb(image).resize(shape) for image in images]
     inputs = processor(images=images, return_tensors="pt").to(device)
+    generate_kwargs.setdefault("max_new_tokens", model.generation_config.max_new_tokens or CAPTION_TOKENS)
     generated_ids = model.to(device).eval().generate(**inputs, **generate_kwargs)
     return [caption.strip() for caption in processor.batch_decode(generated_ids, skip_special_tokens=True)]
 

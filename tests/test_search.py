@@ -172,3 +172,34 @@ def test_caption_images_runs_the_books_three_lines_on_photos_of_any_size(tmp_pat
     inputs = processor(images=resized, text=[""] * len(resized), return_tensors="pt")
     expected = processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)
     assert captions == [c.strip() for c in expected]
+
+
+def test_caption_images_bounds_the_caption_length_when_the_checkpoint_does_not():
+    """The hub's BLIP-2 sets no ``max_new_tokens``: ``generate`` would warn and stop at its default length."""
+    from types import SimpleNamespace
+
+    from transformers import BatchFeature, GenerationConfig
+
+    class Model(torch.nn.Module):
+        def __init__(self, max_new_tokens):
+            super().__init__()
+            self.generation_config, self.calls = GenerationConfig(max_new_tokens=max_new_tokens), []
+
+        def generate(self, **kwargs):
+            self.calls.append(kwargs)
+            return torch.zeros(len(kwargs["pixel_values"]), 3, dtype=torch.long)
+
+    class Processor:
+        image_processor = SimpleNamespace(size={"height": 8, "width": 8})
+
+        def __call__(self, images, return_tensors):
+            return BatchFeature({"pixel_values": torch.zeros(len(images), 3, 8, 8)})
+
+        def batch_decode(self, ids, skip_special_tokens):
+            return [" a cat"] * len(ids)
+
+    for checkpoint_limit, used in [(None, search.CAPTION_TOKENS), (16, 16)]:
+        model = Model(checkpoint_limit)
+        photos = [Image.new("RGB", (9, 9))]
+        assert search.caption_images(model, Processor(), photos, device="cpu") == ["a cat"]
+        assert model.calls[0]["max_new_tokens"] == used
