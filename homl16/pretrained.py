@@ -136,7 +136,7 @@ def load_pretrained(model_class, model_id, fallback=None, plan=None, **kwargs):
     """``model_class.from_pretrained(model_id, **kwargs)`` with an offline fallback.
 
     Works for models, processors and tokenizers. ``fallback`` is a local directory (loaded with
-    the same class and kwargs), or a callable returning either the object or such a directory
+    the same class and kwargs; it needs to exist only when it is used), or a callable returning either the object or such a directory
     (e.g. ``course_clip_checkpoint``, which builds the course's model on first use: only when
     the hub cannot be used); by default, the stand-in registered for ``model_id`` in ``STAND_INS``.
     The fallback is used offline, online when ``plan`` (a ``homl16.plan.Plan``) says the model does not fit
@@ -147,8 +147,8 @@ def load_pretrained(model_class, model_id, fallback=None, plan=None, **kwargs):
         raise ValueError(f"model_id must be a hub id like 'google/vit-base-patch16-224', got {model_id!r}")
     if fallback is None:
         fallback = stand_in(model_id)
-    if not (callable(fallback) or os.path.isdir(str(fallback))):
-        raise ValueError(f"fallback must be a callable or an existing directory, got {fallback!r}")
+    if not (callable(fallback) or isinstance(fallback, (str, os.PathLike))):
+        raise ValueError(f"fallback must be a callable or a directory, got {fallback!r}")
     online = keep_hub_kernels_off_offline()
     reason = f"Offline: {model_id} is not available"
     if online and plan is not None and not plan.run:
@@ -185,6 +185,9 @@ def load_fallback(model_class, model_id, fallback, reason, kwargs):
             announce(model_id, f"{reason}, so using {getattr(fallback, '__name__', 'fallback')}() instead.")
             return loaded
         fallback = loaded
+    if not os.path.isdir(fallback):  # checked only now: online, the folder is never needed
+        raise ValueError(f"{reason}, and the fallback folder {str(fallback)!r} does not exist: run the cells "
+                         "above that make it")
     # a relative path, so that transformers' load report names no user's home either
     loaded = model_class.from_pretrained(os.path.relpath(fallback), **kwargs)
     announce(model_id, f"{reason}, so using {short_path(fallback)} instead.")

@@ -67,8 +67,8 @@ def test_a_callable_fallback_may_make_the_directory_on_demand(capsys, tmp_path, 
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="model_id"):
         load_pretrained(ViTForImageClassification, "", lambda: None)
-    with pytest.raises(ValueError, match="fallback"):
-        load_pretrained(ViTForImageClassification, "a/b", "/no/such/directory")
+    with pytest.raises(ValueError, match="fallback folder '/no/such/directory' does not exist"):
+        load_pretrained(ViTForImageClassification, "a/b", "/no/such/directory")  # offline in the tests
     with pytest.raises(ValueError, match="fallback"):
         load_hub_dataset("a/b", fallback="not callable")
 
@@ -249,3 +249,15 @@ def test_offline_a_cached_dataset_is_loaded_from_the_datasets_cache(monkeypatch,
         "cached timm/oxford-iiit-pet {'split': 'train'}"
     assert "Loaded timm/oxford-iiit-pet from the local datasets cache." in capsys.readouterr().out
     assert datasets.config.HF_HUB_OFFLINE is False  # put back
+
+
+def test_online_a_fallback_folder_need_not_exist(monkeypatch):
+    import homl16.pretrained as pretrained
+
+    class FromHub:
+        @classmethod
+        def from_pretrained(cls, model_id, **kwargs):
+            return cls()
+
+    monkeypatch.setattr(pretrained, "keep_hub_kernels_off_offline", lambda: True)
+    assert isinstance(load_pretrained(FromHub, "a/b", "my_folder_made_by_a_cell_not_run"), FromHub)
