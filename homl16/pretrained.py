@@ -136,7 +136,8 @@ def load_pretrained(model_class, model_id, fallback=None, plan=None, **kwargs):
     """``model_class.from_pretrained(model_id, **kwargs)`` with an offline fallback.
 
     Works for models, processors and tokenizers. ``fallback`` is a local directory (loaded with
-    the same class and kwargs; it needs to exist only when it is used), or a callable returning either the object or such a directory
+    the same class and kwargs; it needs to exist only when it is used), or a callable returning either the
+    object or such a directory
     (e.g. ``course_clip_checkpoint``, which builds the course's model on first use: only when
     the hub cannot be used); by default, the stand-in registered for ``model_id`` in ``STAND_INS``.
     The fallback is used offline, online when ``plan`` (a ``homl16.plan.Plan``) says the model does not fit

@@ -7,8 +7,9 @@
              --nproc_per_node 8 scripts/finetune.py --dataset food101      # 2 nodes x 8 GPUs (rank 1 alike)
 
 It is the code of notebooks 03, 04 and 15 (``homl16.finetune``). On a GPU it uses the course's recipe
-(bf16 where the GPU computes it natively, fp16 on older GPUs such as a T4, and fused AdamW). Offline it runs on
-the offline stand-ins (a small ViT/DeiT from random weights; shapes labelled by shape for pets, by colour and shape for food101) and says so. ``--per-device-batch-size``
+(bf16 where the GPU computes it natively, fp16 on older GPUs such as a T4, and fused AdamW). Offline it runs
+on the offline stand-ins (a small ViT/DeiT from random weights; shapes labelled by shape for pets, by colour
+and shape for food101) and says so. ``--per-device-batch-size``
 is per process: the global batch is that times the number of processes, and each process trains on its own
 share of every epoch.
 """

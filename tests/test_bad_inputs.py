@@ -504,7 +504,8 @@ CASES = [
          match="1 images but 2 titles"),
     # ---------------------------------------------------------------- pretrained
     case(pretrained.load_pretrained, object, "", lambda: None, match="model_id must be a hub id"),
-    case(pretrained.load_pretrained, object, "google/vit", 42, match="fallback must be a callable or a directory"),
+    case(pretrained.load_pretrained, object, "google/vit", 42,
+         match="fallback must be a callable or a directory"),
     case(pretrained.load_hub_dataset, "", lambda: None, match="dataset_id must be a hub id"),
     case(pretrained.load_hub_dataset, "timm/oxford-iiit-pet", "shapes", match="fallback must be a callable"),
     case(pretrained.local_checkpoint, "../escape", list, match="name must be a plain folder name"),
