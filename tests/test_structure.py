@@ -14,7 +14,7 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 # Shared building blocks: any module may import them.
 CORE = {"checks", "runtime", "progress", "train", "weights", "transformer", "plot", "boxes", "pretrained",
         "efficientnet", "contrastive", "augment", "cnn", "bert", "notebook", "widgets", "data",
-        "plan", "localhub"}
+        "plan", "localhub", "probe"}
 # A chapter module imports another chapter module only for that chapter's model.
 ALLOWED = {
     ("deit", "vit"),  # DeiT is a ViT with a distillation token
