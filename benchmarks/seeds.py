@@ -81,7 +81,7 @@ def main():
               "`python benchmarks/seeds.py NN --seeds 3` on a 2-core CPU, offline; seed offsets 0, 1, 2 "
               "(offset 0 is the committed run, read from the stored outputs). Time figures (`*_seconds`, "
               "growth ratios) are listed for completeness only: the seed runs may share the machine with "
-              "other work (those of 05, 06 and 10-15 did), so speed is measured in "
+              "other work (those of 05, 06 and 12-17 did), so speed is measured in "
               "`benchmarks/cost_growth.md` and `benchmarks/notebook_times.md`.", "",
               "| notebook | figure | seeds | mean | min | max |", "|---|---|---|---|---|---|"]
     TABLE.write_text("\n".join(header + [rows[key] for key in sorted(rows)]) + "\n")

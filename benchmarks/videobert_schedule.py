@@ -1,4 +1,4 @@
-"""Notebook 08's VideoBERT run under each learning-rate schedule and three seeds, outside the test suite.
+"""Notebook 10's VideoBERT run under each learning-rate schedule and three seeds, outside the test suite.
 
     python benchmarks/videobert_schedule.py    # linear, one_cycle, before_refactor; seeds 0 1 2
     python benchmarks/videobert_schedule.py --schedules linear --seeds 0
@@ -105,7 +105,7 @@ def train_as_before(model, tokenizer, texts, video_tokens, meanings, seed):
 
 
 def run(data, tokenizer, schedule, seed):
-    """Train and evaluate one model, seeded as notebook 08 under HOML16_SEED_OFFSET=seed -> figures."""
+    """Train and evaluate one model, seeded as notebook 10 under HOML16_SEED_OFFSET=seed -> figures."""
     os.environ["HOML16_SEED_OFFSET"] = str(seed)
     from transformers import BertForMaskedLM
     homl16.set_seed(42)
@@ -151,7 +151,7 @@ def read_rows():
 
 
 def write(rows):
-    lines = ["# VideoBERT (notebook 08): learning-rate schedule x seed", "",
+    lines = ["# VideoBERT (notebook 10): learning-rate schedule x seed", "",
              "Written by `benchmarks/videobert_schedule.py` (CPU). Seed = `HOML16_SEED_OFFSET` (0 is the "
              "committed notebook run). Test accuracies: zero-shot verb (chance 0.167), noun (chance 0.25), "
              "alignment (chance 0.5).", "",

@@ -318,7 +318,7 @@ def to_hf_blip2(captioner, tokenizer, mean, std, image_size=64, max_new_tokens=1
 # ---------------------------------------------------------------- the course's BLIP-2
 
 def train_course_blip2(device=None):
-    """Notebook 14's recipe from start to end: stage 1 on 1,000 shapes scenes, the small OPT pre-trained on
+    """Notebook 16's recipe from start to end: stage 1 on 1,000 shapes scenes, the small OPT pre-trained on
     their captions and frozen, stage 2. Returns the transformers (model, processor) of ``to_hf_blip2``."""
     from homl16.bert import load_bert, load_bert_tokenizer
     from homl16.data.tasks import shapes_caption_data
@@ -349,7 +349,7 @@ def train_course_blip2(device=None):
 def course_blip2_checkpoint(model=None, processor=None):
     """Directory of the course's shapes BLIP-2 saved as a transformers ``Blip2ForConditionalGeneration``
     with its ``Blip2Processor`` (load it with ``from_pretrained``, then ``attach_frozen_cnn``). Made once:
-    from ``model`` and ``processor`` when given (notebook 14 passes the ones it has just trained),
+    from ``model`` and ``processor`` when given (notebook 16 passes the ones it has just trained),
     otherwise by training now with ``train_course_blip2`` (about a minute on a CPU)."""
     from homl16.pretrained import local_checkpoint
 

@@ -221,7 +221,7 @@ def train_clip(model, images, input_ids, epochs, batch_size=128, lr=2e-3, weight
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]  # biases, norms, logit_scale
     # a 30% warm-up, not the usual 10%: with 10% the small CLIP learns shapes much worse
-    # (zero-shot shape accuracy 0.92 -> 0.83, unseen pairs 0.50 -> 0.30 in notebook 10)
+    # (zero-shot shape accuracy 0.92 -> 0.83, unseen pairs 0.50 -> 0.30 in notebook 12)
     optimizer, scheduler = adamw_one_cycle([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr,
                                            len(images), batch_size, epochs, weight_decay, warmup=0.3)
     scales = []
@@ -369,7 +369,7 @@ def clip_processor(tokenizer, image_size=32):
 
 def train_course_clip(num_scenes=3000, epochs=16, batch_size=128, lr=3e-3, image_size=32, patch_size=4,
                       embed_dim=64, seed=42, device=None):
-    """Notebook 10's recipe: a small CLIP trained on shapes-world scenes whose (colour, shape)
+    """Notebook 12's recipe: a small CLIP trained on shapes-world scenes whose (colour, shape)
     pairs exclude ``HELD_OUT_COMBINATIONS``. Returns (model, tokenizer, history)."""
     X, captions, _ = shapes_clip_data(num_scenes, seed=0, image_size=image_size,
                                       combinations=seen_combinations())
@@ -384,7 +384,7 @@ def train_course_clip(num_scenes=3000, epochs=16, batch_size=128, lr=3e-3, image
 def course_clip_checkpoint(model=None, tokenizer=None):
     """Directory of the course's shapes CLIP saved as a transformers ``CLIPModel`` with its
     ``CLIPProcessor``, e.g. for ``CLIPModel.from_pretrained(course_clip_checkpoint())`` to score
-    generated scenes. Made once, from ``model`` and ``tokenizer`` when given (notebook 10 passes
+    generated scenes. Made once, from ``model`` and ``tokenizer`` when given (notebook 12 passes
     the CLIP it has just trained with ``train_course_clip``), otherwise by training it now."""
     from homl16.pretrained import local_checkpoint
 

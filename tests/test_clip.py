@@ -259,7 +259,7 @@ def test_course_clip_checkpoint_saves_a_clip_model_and_processor_once(tokenizer,
     assert inputs["pixel_values"].shape == (1, 3, 16, 16)
     monkeypatch.setenv("HOML16_CACHE", str(tmp_path / "given"))
     given, _, _ = tiny_recipe()
-    path = homl16.clip.course_clip_checkpoint(given, tokenizer)  # notebook 10 hands over its trained CLIP
+    path = homl16.clip.course_clip_checkpoint(given, tokenizer)  # notebook 12 hands over its trained CLIP
     assert len(calls) == 2 and "given" in path
     torch.testing.assert_close(CLIPModel.from_pretrained(path).text_projection.weight,
                                given.text_encoder.projection.weight)
