@@ -114,16 +114,29 @@ class WindowAttention(MultiHeadAttention):
         return self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)
 
     def forward(self, windows, mask=None):
-        if windows.dim() != 3 or windows.shape[1] != self.window_size ** 2:
-            raise ValueError(f"windows must be (batch * num_windows, {self.window_size ** 2} tokens, "
-                             f"embed_dim), got shape {tuple(windows.shape)}")
-        bias = self.relative_position_bias().to(windows.dtype)  # the same for every window
-        if mask is not None:  # one bias per window and head, repeated for every image of the batch
-            num_windows, N = mask.shape[0], mask.shape[1]
-            check_divisible("batch * num_windows", len(windows), num_windows, "num_windows")
-            bias = (bias + mask[:, None]).expand(len(windows) // num_windows, -1, -1, -1, -1)
-            bias = bias.reshape(-1, self.num_heads, N, N)
+        check_windows(windows, self.window_size)
+        bias = window_attn_mask(self.relative_position_bias(), mask, windows)
         return super().forward(windows, attn_mask=bias)
+
+
+def check_windows(windows, window_size):
+    """Raise unless ``windows`` is (B * num_windows, window_size², D)."""
+    if windows.dim() != 3 or windows.shape[1] != window_size ** 2:
+        raise ValueError(f"windows must be (batch * num_windows, {window_size ** 2} tokens, "
+                         f"embed_dim), got shape {tuple(windows.shape)}")
+
+
+def window_attn_mask(bias, mask, windows):
+    """A position bias (num_heads, N, N) and an optional shifted-window mask (num_windows, N, N) as one
+    additive ``attn_mask`` for ``MultiHeadAttention`` on ``windows`` (B * num_windows, N, D):
+    (num_heads, N, N) without a mask, (B * num_windows, num_heads, N, N) with one."""
+    bias = bias.to(windows.dtype)  # the same for every window
+    if mask is None:
+        return bias
+    num_windows, N = mask.shape[0], mask.shape[1]  # one bias per window and head, repeated for every image
+    check_divisible("batch * num_windows", len(windows), num_windows, "num_windows")
+    bias = (bias + mask[:, None]).expand(len(windows) // num_windows, -1, -1, -1, -1)
+    return bias.reshape(-1, bias.shape[-3], N, N)
 
 
 class SwinBlock(nn.Module):
@@ -131,7 +144,10 @@ class SwinBlock(nn.Module):
 
     forward(x, grid_size): x (B, H * W, D), grid_size (H, W) divisible by window_size -> (B, H * W, D).
     When the grid is a single window the shift is skipped (it would only mask pairs), as in transformers.
+    Subclasses change the attention through ``attention_type`` (built as (embed_dim, num_heads, window_size)).
     """
+
+    attention_type = WindowAttention
 
     def __init__(self, embed_dim, num_heads, window_size=7, shift_size=0, mlp_ratio=4.0, eps=1e-5):
         super().__init__()
@@ -140,21 +156,27 @@ class SwinBlock(nn.Module):
             raise ValueError(f"shift_size must be in 0..window_size - 1, got {shift_size}")
         self.window_size, self.shift_size = window_size, shift_size
         self.norm1 = nn.LayerNorm(embed_dim, eps=eps)
-        self.attn = WindowAttention(embed_dim, num_heads, window_size)
+        self.attn = self.attention_type(embed_dim, num_heads, window_size)
         self.norm2 = nn.LayerNorm(embed_dim, eps=eps)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio))
         self._masks = {}  # (grid_size, device, dtype) -> shifted-window mask
 
     def shift_mask(self, grid_size, device, dtype):
-        """The shifted-window mask (num_windows, N, N) of a grid, built once per grid size, device and
-        dtype and cached on the block (it holds no parameter: only the grid decides it)."""
-        key = (tuple(grid_size), torch.device(device), dtype)
+        """The shifted-window mask (num_windows, N, N) of a grid, built once per grid size, window size,
+        device and dtype and cached on the block (it holds no parameter: only the grid decides it)."""
+        key = (tuple(grid_size), self.window_size, self.shift_size, torch.device(device), dtype)
         if key not in self._masks:
             mask = shifted_window_mask(grid_size, self.window_size, self.shift_size)
             self._masks[key] = mask.to(device, dtype)
         return self._masks[key]
 
     def forward(self, x, grid_size):
+        x = x + self.window_attention(self.norm1(x), grid_size)
+        return x + self.mlp(self.norm2(x))
+
+    def window_attention(self, x, grid_size):
+        """(Shifted-)window attention over a grid of tokens: roll, cut into windows, attend, put the
+        windows back, roll back. x (B, H * W, D) -> (B, H * W, D)."""
         check_grid_tokens("x", x, grid_size)
         H, W = grid_size
         B, L, D = x.shape
@@ -162,7 +184,7 @@ class SwinBlock(nn.Module):
         check_divisible("grid height", H, w, "window_size")
         check_divisible("grid width", W, w, "window_size")
         shift = self.shift_size if min(H, W) > w else 0
-        grid = self.norm1(x).view(B, H, W, D)
+        grid = x.view(B, H, W, D)
         mask = None
         if shift:
             grid = cyclic_shift(grid, shift)
@@ -172,8 +194,7 @@ class SwinBlock(nn.Module):
         grid = window_reverse(windows.view(-1, w, w, D), (H, W))
         if shift:
             grid = cyclic_shift(grid, shift, reverse=True)
-        x = x + grid.reshape(B, L, D)
-        return x + self.mlp(self.norm2(x))
+        return grid.reshape(B, L, D)
 
 
 class PatchMerging(nn.Module):
@@ -204,16 +225,18 @@ class SwinStage(nn.Module):
     """Optional patch merging, then ``depth`` Swin blocks alternating regular and shifted windows.
 
     forward(x, grid_size): x (B, H * W, in_dim) -> (x (B, H' * W', out_dim), (H', W')), with
-    out_dim = 2 * in_dim and H' = H / 2 when ``downsample`` (else out_dim = in_dim).
+    out_dim = 2 * in_dim and H' = H / 2 when ``downsample`` (else out_dim = in_dim). ``block`` is the
+    block class (``SwinBlock``, or ``homl16.swinv2.SwinV2Block``).
     """
 
-    def __init__(self, in_dim, depth, num_heads, window_size=7, downsample=False, mlp_ratio=4.0):
+    def __init__(self, in_dim, depth, num_heads, window_size=7, downsample=False, mlp_ratio=4.0,
+                 block=SwinBlock):
         super().__init__()
         self.merge = PatchMerging(in_dim) if downsample else None
         dim = 2 * in_dim if downsample else in_dim
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window_size, shift_size=0 if i % 2 == 0 else window_size // 2,
-                      mlp_ratio=mlp_ratio)
+            block(dim, num_heads, window_size, shift_size=0 if i % 2 == 0 else window_size // 2,
+                  mlp_ratio=mlp_ratio)
             for i in range(depth))
 
     def forward(self, x, grid_size):
@@ -230,11 +253,11 @@ class Swin(nn.Module):
 
     forward(X): (B, in_channels, H, W) -> list of feature maps, one per stage, (B, C_i, H_i, W_i) with
     C_i = embed_dim * 2^i and H_i = H / (patch_size * 2^i) (each normalised by a LayerNorm), ready for
-    ``homl16.segment.SegmentationHead(model.channels, ...)``.
+    ``homl16.segment.SegmentationHead(model.channels, ...)``. ``block``: the block class of every stage.
     """
 
     def __init__(self, in_channels=3, patch_size=4, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
-                 window_size=4, mlp_ratio=4.0):
+                 window_size=4, mlp_ratio=4.0, block=SwinBlock):
         super().__init__()
         if len(depths) != len(num_heads) or not depths:
             raise ValueError(f"depths {depths} and num_heads {num_heads} must be non-empty and as long")
@@ -244,7 +267,7 @@ class Swin(nn.Module):
         self.channels = [embed_dim * 2 ** i for i in range(len(depths))]
         self.stages = nn.ModuleList(
             SwinStage(self.channels[max(i - 1, 0)], depth, heads, window_size, downsample=i > 0,
-                      mlp_ratio=mlp_ratio)
+                      mlp_ratio=mlp_ratio, block=block)
             for i, (depth, heads) in enumerate(zip(depths, num_heads)))
         self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
 

@@ -12,6 +12,8 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from transformers import Swinv2Config
+from transformers.models.swinv2.modeling_swinv2 import Swinv2Layer
 
 from homl16 import (
     augment,
@@ -40,6 +42,7 @@ from homl16 import (
     segment,
     show_attend_tell,
     swin,
+    swinv2,
     train,
     transformer,
     videobert,
@@ -137,6 +140,7 @@ HF_VIT = vit.small_hf_vit(image_size=8, patch_size=4, hidden_size=8, depth=2, nu
 HF_DEIT = deit.small_hf_deit(image_size=8, patch_size=4, hidden_size=16, depth=1, num_heads=2,
                              num_labels=2)[0]
 HF_SWIN = swin.small_hf_swin(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4)[0]
+HF_SWINV2_LAYER = Swinv2Layer(Swinv2Config(window_size=4), dim=16, input_resolution=(8, 8), num_heads=2)
 QFORMER = qformer.QFormer(2, dim=8, num_layers=1, num_heads=2, ff_dim=8, image_dim=3, vocab_size=10,
                           max_positions=8)
 STAGE1 = qformer.Blip2Stage1(QFORMER, torch.arange(1, 5), embed_dim=4)
@@ -548,6 +552,16 @@ CASES = [
     case(SWIN, images(size=12), match="image height=12 must be divisible by"),
     case(swin.copy_weights_from_hf_layer, SWIN_BLOCK, HF_SWIN.encoder.layers[0].blocks[0],
          match="in the course.s Swin block vs .* the sizes differ"),
+    # ---------------------------------------------------------------- swinv2
+    case(swinv2.log_spaced_coordinates, 0, match="window_size must be positive"),
+    case(swinv2.log_spaced_coordinates, 4, -4, match="pretrained_window_size must be positive"),
+    case(swinv2.CosineWindowAttention(8, 2, 2), torch.zeros(1, 5, 8),
+         match=r"windows must be \(batch \* num_windows, 4 tokens"),
+    case(swinv2.SwinV2Block(8, 2, window_size=2), torch.zeros(1, 12, 8), (3, 4),
+         match="grid height=3 must be divisible by window_size=2"),
+    case(swinv2.with_window_size, SWIN, 0, match="window_size must be positive"),
+    case(swinv2.copy_weights_from_hf_v2_layer, swinv2.SwinV2Block(8, 2, window_size=4),
+         HF_SWINV2_LAYER, match="in the course.s Swin v2 block vs .* the sizes differ"),
     # ---------------------------------------------------------------- show_attend_tell
     case(ATTENTION, torch.zeros(2, 3, 4), torch.zeros(3, 6), match="batch sizes differ"),
     case(ATTENTION, torch.zeros(2, 3, 5), torch.zeros(2, 6), match="features must have 4 and state 6"),
@@ -757,6 +771,7 @@ MODULES = [
     "segment",
     "show_attend_tell",
     "swin",
+    "swinv2",
     "train",
     "transformer",
     "videobert",

@@ -20,6 +20,7 @@ ALLOWED = {
     ("deit", "vit"),  # DeiT is a ViT with a distillation token
     ("clip", "vit"),  # CLIP's image tower is a ViT
     ("swin", "vit"),  # Swin embeds patches as ViT does
+    ("swinv2", "swin"),  # Swin v2 changes Swin's block; windows, masks, merging and backbone are v1's
     ("segment", "vit"),  # the plain-ViT segmentation baseline
     ("pvt", "segment"), ("swin", "segment"),  # their segmentation heads
     ("cost", "pvt"), ("cost", "swin"),  # the cost curves measure those attentions
