@@ -72,7 +72,12 @@ def foreground(eigenvector):
 
 
 def tokencut(features, grid_size, tau=0.2, eps=1e-5):
-    """TokenCut's object mask on the patch grid: features (..., rows * cols, D) -> (..., rows, cols) bool."""
+    """TokenCut's object mask on the patch grid: features (..., rows * cols, D) -> (..., rows, cols) bool.
+
+    When the features share one dominant direction, every cosine exceeds ``tau``, every edge weighs 1
+    and the second eigenvalue is repeated: the cut is then arbitrary. Subtracting each image's mean
+    feature first avoids it (a small ViT's keys need it; DINO's full-size ones do not).
+    """
     check_features(features)
     rows, cols = grid_size
     if rows * cols != features.shape[-2]:
