@@ -104,7 +104,8 @@ seconds = time_side_by_side(
     {"soup": lambda: predict(greedy, X_batch, device=device),
      "ensemble": lambda: soups.ensemble_probabilities(ingredients, X_batch, device=device)}, repeats=5)
 print(f"inference on 500 digits: soup {1e3 * seconds['soup']:.1f} ms, "
-      f"ensemble {1e3 * seconds['ensemble']:.1f} ms ({seconds['ensemble'] / seconds['soup']:.1f}x the soup's)")
+      f"ensemble {1e3 * seconds['ensemble']:.1f} ms "
+      f"({seconds['ensemble'] / seconds['soup']:.1f}x the soup's)")
 
 # %% [markdown]
 # Why does averaging weights work at all? Walk along the straight line from one fine-tuned model to another
@@ -159,8 +160,8 @@ homl16.show_source(tome.bipartite_soft_matching, tome.reduced_block)
 # The sweep: with 50 tokens (49 patches and the class token) and 4 layers, each layer can merge at most half
 # of its tokens, which allows up to r = 9 per layer (50, 41, 32, 23, then 14 tokens). Accuracy on the 500
 # held-out digits and throughput for r = 0, 2, 4, 6, 8, 9, merged and pruned, all timed side by side with the
-# plain model in alternating rounds. (Pruning computes the attention weights explicitly, to read the class token's row, so
-# it runs without the fused attention kernel the others use.)
+# plain model in alternating rounds. (Pruning computes the attention weights explicitly, to read the class
+# token's row, so it runs without the fused attention kernel the others use.)
 
 # %%
 vit = greedy.eval()
@@ -204,5 +205,6 @@ print(f"r = {tome_r}: ToMe {speedup:.2f}x the plain model's throughput, accuracy
       f"{seconds[('plain', 0)] / seconds[('prune', tome_r)]:.2f}x, "
       f"accuracy {curves['prune'][r_values.index(tome_r)]:.3f}")
 homl16.report({"soup_uniform_accuracy": results["uniform soup"],
-               "soup_greedy_accuracy": results["greedy soup"], "best_single_accuracy": results["best single ingredient"], "tome_speedup": speedup,
+               "soup_greedy_accuracy": results["greedy soup"],
+               "best_single_accuracy": results["best single ingredient"], "tome_speedup": speedup,
                "tome_accuracy_drop": drop, "tome_r": tome_r})
