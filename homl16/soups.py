@@ -74,7 +74,7 @@ def soup_of(models):
     if not models:
         raise ValueError("a soup needs at least one model")
     soup = copy.deepcopy(models[0])
-    soup.load_state_dict(uniform_soup(m.state_dict() for m in models))
+    soup.load_state_dict(uniform_soup(m.state_dict() for m in models))  # not a conversion: same network
     return soup.eval()
 
 
