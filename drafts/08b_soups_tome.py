@@ -131,9 +131,9 @@ plt.show()
 
 # %% [markdown]
 # How to read these numbers: a soup only helps when its ingredients stay close enough that their average is
-# still a good model. A weak starting point, a large learning rate or few labelled examples let the copies move
-# far apart, and then the uniform soup falls below its ingredients (and the accuracy sags in the middle of the
-# line above). The greedy soup guards against that by construction: it adds an ingredient only if the
+# still a good model. A weak starting point, a large learning rate or few labelled examples let the copies
+# move far apart, and then the uniform soup falls below its ingredients (and the accuracy sags in the middle
+# of the line above). The greedy soup guards against that by construction: it adds an ingredient only if the
 # validation accuracy holds, so at worst it is its best ingredient alone. The paper's gains come from large
 # pretrained models (CLIP, ViT-G) fine-tuned with small learning rates, where the copies stay in one basin.
 
