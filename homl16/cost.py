@@ -191,3 +191,24 @@ def window_block_parts(image_sides, patch_size=4, embed_dim=64, num_heads=2, win
             if round_:
                 times.setdefault(side, {}).setdefault(part, []).append(time.perf_counter() - start)
     return {side: {part: statistics.median(t) for part, t in parts.items()} for side, parts in times.items()}
+
+
+@torch.no_grad()
+def time_side_by_side(calls, repeats=5, warmup=1):
+    """Time several no-argument callables against each other: {name: best wall time in seconds}.
+
+    ``calls``: {name: callable}. After ``warmup`` untimed rounds, each of ``repeats`` rounds runs every
+    callable once, so a burst of load on a shared machine slows a round of all of them alike; the
+    best of the rounds is the least disturbed run of each.
+    """
+    if not calls:
+        raise ValueError("calls is empty: nothing to time")
+    check_positive("repeats", repeats, integer=True)
+    times = {name: [] for name in calls}
+    for round_ in range(warmup + repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: min(seconds) for name, seconds in times.items()}

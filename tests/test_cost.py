@@ -56,3 +56,13 @@ def test_interleaved_rounds_and_the_parts_of_a_swin_block():
     assert list(parts) == [28, 56]
     assert list(parts[28]) == ["layer norms", "roll + windows", "window attention", "MLP"]
     assert all(seconds > 0 for side in parts.values() for seconds in side.values())
+
+
+def test_time_side_by_side_times_every_call_each_round():
+    from homl16.cost import time_side_by_side
+
+    calls = []
+    times = time_side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] * 4 and set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    with pytest.raises(ValueError, match="empty"):
+        time_side_by_side({})
