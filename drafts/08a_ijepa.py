@@ -66,7 +66,7 @@ for ax, image, image_context, image_targets in zip(axes, X_train, context, targe
     colours = torch.full((49, 4), 0.0)
     colours[image_context] = torch.tensor([0.2, 0.4, 1.0, 0.35])  # context: blue
     for block, colour in zip(image_targets, plt.cm.autumn(torch.linspace(0, 1, 4).numpy())):
-        colours[block] = torch.tensor([*colour[:3], 0.45])  # each target block its own colour
+        colours[block] = torch.tensor([*colour[:3], 0.45], dtype=torch.float)  # each target block its own colour
     ax.imshow(image[0], cmap="gray_r")
     ax.imshow(colours.reshape(7, 7, 4), extent=(-0.5, 27.5, 27.5, -0.5))
     ax.axis("off")
@@ -109,7 +109,9 @@ print(f"I-JEPA: {ijepa_seconds:.1f} s, loss {history['loss'][0]:.3f} -> {history
 # context to that target; the BYOL and SimSiam papers observed the same and it is what I-JEPA relies on.
 #
 # An ablation shows what the EMA does: the same run, but the target is the student itself (gradient
-# stopped, no moving average), for 2 epochs.
+# stopped, no moving average), for 2 epochs. Without the moving average the loss drops much faster, and
+# it does so the cheap way: the spread of the embeddings across images falls several times faster, towards
+# the collapsed solution. With the EMA teacher it falls slowly and levels off.
 
 # %%
 no_ema = IJEPA(digits_vit(), Predictor(num_patches=49, embed_dim=64, width=32, depth=2), ema=False)
@@ -125,8 +127,10 @@ axes[1].set(xlabel="step", ylabel="spread across images", title="Spread of the t
 axes[1].set_ylim(bottom=0)
 axes[1].legend()
 plt.show()
-print(f"spread at the end: EMA {history['step_target_spread'][-1]:.3f}, "
-      f"no EMA {no_ema_history['step_target_spread'][-1]:.3f}")
+steps = len(no_ema_history["step_target_spread"])
+print(f"spread after {steps} steps: EMA {history['step_target_spread'][steps - 1]:.3f}, "
+      f"no EMA {no_ema_history['step_target_spread'][-1]:.3f}; EMA after all "
+      f"{len(history['step_loss'])} steps {history['step_target_spread'][-1]:.3f}")
 
 # %% [markdown]
 # ### Did it learn anything without seeing a pixel target?
@@ -141,3 +145,14 @@ context_accuracy = probe_accuracy(ijepa.encoder, X_train, y_train, X_test, y_tes
 print(f"random init {random_init_accuracy:.3f} | I-JEPA target encoder {ijepa_accuracy:.3f}, "
       f"context encoder {context_accuracy:.3f}")
 homl16.report({"ijepa_probe_accuracy": ijepa_accuracy, "random_init_probe_accuracy": random_init_accuracy})
+
+# %% [markdown]
+# On this budget (8 epochs of 4,000 digits, under 30 s) I-JEPA's gain over the random initialisation is
+# small: about 1.5 points, less than MAE's and BEiT's. Nudging the knobs did not change that in our runs
+# (peak learning rate 3e-4 or 3e-3, EMA momentum from 0.99 or 0.999 instead of 0.996, a 3-layer
+# predictor: target-encoder probes between 0.59 and 0.617). The spread plot hints at why: as training
+# goes on, the teacher's embeddings become more alike across images, so a good part of each target can be
+# predicted from its position alone, and on a 7x7 grid a 3x3 block is a large share of a digit with
+# little inside it left to infer. The paper trains a ViT-H for 300 epochs on ImageNet, where predicting a
+# block takes knowing which object it belongs to; learning without pixel targets works there, and here
+# it is the method's mechanics, not its payoff, that the small run shows.

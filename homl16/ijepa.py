@@ -188,7 +188,8 @@ class IJEPA(nn.Module):
         self.target_encoder = make_teacher(encoder) if ema else None
 
     def forward(self, X, context, targets):
-        target_tokens = target_embeddings(self.target_encoder or self.encoder, X)
+        teacher = self.encoder if self.target_encoder is None else self.target_encoder
+        target_tokens = target_embeddings(teacher, X)
         predictions = self.predictor(encode(self.encoder, X, context), context, targets)
         return {"loss": prediction_loss(predictions, target_tokens, targets),
                 "target_spread": embedding_spread(target_tokens)}
