@@ -66,7 +66,7 @@ for ax, image, image_context, image_targets in zip(axes, X_train, context, targe
     colours = torch.full((49, 4), 0.0)
     colours[image_context] = torch.tensor([0.2, 0.4, 1.0, 0.35])  # context: blue
     for block, colour in zip(image_targets, plt.cm.autumn(torch.linspace(0, 1, 4).numpy())):
-        colours[block] = torch.tensor([*colour[:3], 0.45], dtype=torch.float)  # each target block its own colour
+        colours[block] = torch.tensor([*colour[:3], 0.45], dtype=torch.float)  # a colour per block
     ax.imshow(image[0], cmap="gray_r")
     ax.imshow(colours.reshape(7, 7, 4), extent=(-0.5, 27.5, 27.5, -0.5))
     ax.axis("off")
@@ -148,9 +148,9 @@ homl16.report({"ijepa_probe_accuracy": ijepa_accuracy, "random_init_probe_accura
 
 # %% [markdown]
 # On this budget (8 epochs of 4,000 digits, under 30 s) I-JEPA's gain over the random initialisation is
-# small: about 1.5 points, less than MAE's and BEiT's. Nudging the knobs did not change that in our runs
+# small: about 1.5 points. Nudging the knobs did not change that in our runs
 # (peak learning rate 3e-4 or 3e-3, EMA momentum from 0.99 or 0.999 instead of 0.996, a 3-layer
-# predictor: target-encoder probes between 0.59 and 0.617). The spread plot hints at why: as training
+# predictor: target-encoder probes between 0.59 and 0.617). The spread plot suggests a reason: as training
 # goes on, the teacher's embeddings become more alike across images, so a good part of each target can be
 # predicted from its position alone, and on a 7x7 grid a 3x3 block is a large share of a digit with
 # little inside it left to infer. The paper trains a ViT-H for 300 epochs on ImageNet, where predicting a
