@@ -29,6 +29,7 @@ ALLOWED = {
     ("search", "clip"),  # the photo search embeds with CLIP
     ("flamingo", "perceiver"),  # the Perceiver Resampler
     ("blip2", "qformer"),  # BLIP-2's stage 2 connects the Q-Former to a frozen LM
+    ("ijepa", "dino"),  # the target encoder is an EMA teacher, as DINO's
 }
 
 
