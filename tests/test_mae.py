@@ -78,7 +78,7 @@ def test_normalised_targets_have_zero_mean_and_unit_variance_per_patch():
 
 
 def test_forward_trains_and_reconstruction_pastes_the_visible_patches():
-    mae = M.MAE(small_vit(depth=1), norm_pix_loss=False)
+    mae = M.MAE(small_vit(depth=1), norm_pix_loss=True)
     X = torch.randn(4, 1, 28, 28)
     loss, pred, mask = mae(X)
     loss.backward()
