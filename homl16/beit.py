@@ -141,7 +141,8 @@ def train_beit(beit, X, ids, epochs=8, batch_size=128, lr=1e-3, mask_ratio=0.4, 
     check_images("X", X, beit.encoder.in_channels)
     check_ids("ids", ids, beit.vocab_size)
     if ids.shape != (len(X), beit.num_patches):
-        raise ValueError(f"ids must be ({len(X)}, {beit.num_patches}), one id per patch, got {tuple(ids.shape)}")
+        raise ValueError(f"ids must be ({len(X)}, {beit.num_patches}), one id per patch, "
+                         f"got {tuple(ids.shape)}")
     device = device or get_device()
     beit.to(device)
     grid, count, rng = int(round(beit.num_patches ** 0.5)), num_masked(beit.num_patches, mask_ratio), \

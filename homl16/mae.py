@@ -10,7 +10,6 @@ d = decoder width, P = patch size, C = channels.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -77,7 +76,8 @@ def normalise_patches(patches, eps=1e-6):
 
 
 def masked_patch_loss(pred, target, mask):
-    """Mean squared error over the masked patches only: pred, target (B, N, pixels), mask (B, N), 1 = masked."""
+    """Mean squared error over the masked patches only: pred, target (B, N, pixels), mask (B, N),
+    1 = masked."""
     if pred.shape != target.shape or pred.shape[:2] != mask.shape:
         raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and mask "
                          f"{tuple(mask.shape)} do not match")
@@ -186,7 +186,8 @@ def encoder_flops(mae, X, mask_ratio):
 
 
 def encoder_flop_ratio(mae, X, mask_ratio=None):
-    """The encoder's FLOPs on the visible patches over its FLOPs on all patches, counted on the running model."""
+    """The encoder's FLOPs on the visible patches over its FLOPs on all patches, counted on the running
+    model."""
     mask_ratio = mae.mask_ratio if mask_ratio is None else mask_ratio
     return encoder_flops(mae, X, mask_ratio) / encoder_flops(mae, X, 0.0)
 
