@@ -155,8 +155,8 @@ print(f"BEiT linear probe: {beit_probe:.3f} (random init: {random_init_probe:.3f
 # The ViT learned to name the hidden patches' tokens several times more often than the most frequent
 # id would, yet on this budget its mean-pooled final features probe *worse* than a random ViT's:
 # predicting the exact code of a 4x4 patch is mostly a local task, and the last layer specialises in
-# it. MAE's probe gain is small too, and of the order of what another seed changes. Masked image
-# modelling pays off in fine-tuning more than in linear probes, and with far longer pretraining.
+# it. MAE's probe gain is small too, a few points. Masked image modelling pays off in fine-tuning more
+# than in linear probes, and with far longer pretraining.
 
 # %%
 homl16.report({"random_init_probe_accuracy": random_init_probe, "mae_probe_accuracy": mae_probe,
