@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_images, check_interval, check_positive, check_rank
+from homl16.checks import check_interval, check_positive, check_rank
 from homl16.dino import cosine_schedule, ema_update, make_teacher
 from homl16.runtime import get_device
 from homl16.train import adamw_one_cycle, train
@@ -98,21 +98,7 @@ def encode(vit, X, keep=None):
     """
     if keep is None:
         return vit.forward_features(X)[:, 1:]
-    check_images("X", X, vit.in_channels, vit.img_size, vit.img_size)
-    check_rank("keep", keep, 2, "(batch, kept patches)")
-    if len(keep) != len(X):
-        raise ValueError(f"keep has {len(keep)} rows for {len(X)} images")
-    num_patches = vit.pos_embed.shape[1] - 1
-    if keep.min() < 0 or keep.max() >= num_patches:
-        raise ValueError(f"keep must index the {num_patches} patches, got values in "
-                         f"[{keep.min()}, {keep.max()}]")
-    patches = vit.patch_embed(X) + vit.pos_embed[:, 1:]  # (B, N, D)
-    patches = gather_tokens(patches, keep)
-    cls = vit.prefix_tokens(len(X)) + vit.pos_embed[:, :1]
-    Z = vit.pre_norm(vit.dropout(torch.cat([cls, patches], dim=1)))
-    for block in vit.blocks:
-        Z = block(Z)
-    return vit.norm(Z)[:, 1:]
+    return vit.forward_visible(X, keep)[:, 1:]
 
 
 def gather_tokens(tokens, indices):

@@ -120,14 +120,9 @@ class MAE(nn.Module):
         vit = self.encoder
         check_images("X", X, vit.in_channels, vit.img_size, vit.img_size)
         mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        Z = vit.patch_embed(X) + vit.pos_embed[:, 1:]  # (B, N, D)
-        keep, mask, restore = random_masking(len(X), Z.shape[1], mask_ratio, generator, X.device)
-        Z = Z.gather(1, keep[..., None].expand(-1, -1, Z.shape[2]))  # (B, K, D): the visible patches
-        cls = vit.prefix_tokens(len(X)) + vit.pos_embed[:, :1]
-        Z = vit.pre_norm(vit.dropout(torch.cat([cls, Z], dim=1)))
-        for block in vit.blocks:
-            Z = block(Z)
-        return vit.norm(Z), keep, mask, restore
+        num_patches = vit.pos_embed.shape[1] - 1
+        keep, mask, restore = random_masking(len(X), num_patches, mask_ratio, generator, X.device)
+        return vit.forward_visible(X, keep), keep, mask, restore  # the encoder never sees the masked patches
 
     def decode(self, tokens, restore):
         Z = self.decoder_embed(tokens)  # (B, 1 + K, d)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from homl16.checks import check_divisible, check_images, check_positive
+from homl16.checks import check_divisible, check_images, check_positive, check_rank
 from homl16.transformer import EncoderBlock
 from homl16.weights import copy_weights, linear_pairs
 
@@ -89,6 +89,30 @@ class ViT(nn.Module):
                 maps.append(weights)
         Z = self.norm(Z)
         return (Z, maps) if return_attention else Z
+
+    def forward_visible(self, X, keep):
+        """The encoder on some of each image's patches only (MAE's visible patches, I-JEPA's context).
+
+        X (B, C, H, W) and ``keep`` (B, K) patch indices -> normalised tokens (B, P + K, D): the P prefix
+        tokens (the class token), then the kept patches in ``keep``'s order, each with its own position
+        embedding. Keeping every patch in order computes ``forward_features(X)``.
+        """
+        check_images("X", X, self.in_channels, self.img_size, self.img_size)
+        check_rank("keep", keep, 2, "(batch, kept patches)")
+        prefix = self.prefix_tokens(len(X))
+        num_prefix, num_patches = prefix.shape[1], self.pos_embed.shape[1] - prefix.shape[1]
+        if len(keep) != len(X):
+            raise ValueError(f"keep has {len(keep)} rows for {len(X)} images")
+        if keep.numel() and (keep.min() < 0 or keep.max() >= num_patches):
+            raise ValueError(f"keep must index the {num_patches} patches, got values in "
+                             f"[{keep.min()}, {keep.max()}]")
+        Z = self.patch_embed(X) + self.pos_embed[:, num_prefix:]  # (B, N, D)
+        Z = Z.gather(1, keep[..., None].expand(-1, -1, Z.shape[2]))  # (B, K, D)
+        Z = torch.cat([prefix + self.pos_embed[:, :num_prefix], Z], dim=1)
+        Z = self.pre_norm(self.dropout(Z))
+        for block in self.blocks:
+            Z = block(Z)
+        return self.norm(Z)
 
     def prefix_tokens(self, batch_size):
         """The learned tokens placed before the patch tokens: the class token, (B, 1, D)."""

@@ -122,3 +122,20 @@ def test_to_hf_vit_reads_the_sizes_the_vit_keeps_and_computes_what_it_computes()
                                     depth=2, num_heads=4, ff_dim=48, dropout=0.0), hf).eval()
     with torch.no_grad():
         torch.testing.assert_close(back.forward_features(X), vit.forward_features(X), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_visible_runs_the_encoder_on_the_kept_patches_only():
+    torch.manual_seed(0)
+    vit = ViT(img_size=8, patch_size=4, in_channels=1, num_classes=0, embed_dim=16, depth=2, num_heads=2,
+              ff_dim=32, dropout=0.0).eval()
+    X = torch.randn(3, 1, 8, 8)
+    every = torch.arange(4).expand(3, -1)
+    torch.testing.assert_close(vit.forward_visible(X, every), vit.forward_features(X))
+    keep = torch.tensor([[2, 0], [1, 3], [3, 2]])
+    # the same as attending over the kept tokens of the full sequence only
+    tokens = vit.forward_visible(X, keep)
+    assert tokens.shape == (3, 3, 16)
+    swapped = vit.forward_visible(X, keep.flip(1))
+    torch.testing.assert_close(swapped[:, 1:], tokens[:, 1:].flip(1))
+    with pytest.raises(ValueError, match="keep must index the 4 patches"):
+        vit.forward_visible(X, torch.tensor([[0, 4]] * 3))
